@@ -1,0 +1,1 @@
+"""Decoder service: POST /decode regenerates an image from a payload, with dynamic batching."""

