@@ -154,7 +154,6 @@ def parse(data: bytes) -> Payload:
             use_list=True,
             raw=False,
             strict_map_key=True,
-            max_buffer_size=MAX_PAYLOAD_BYTES,
             max_bin_len=MAX_SKETCH_BYTES,
             max_str_len=0,
             max_array_len=N_FIELDS,

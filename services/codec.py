@@ -1,0 +1,153 @@
+"""The codec in-process: image -> payload (encode) and payload -> image (decode).
+
+This module only wires the stages together; each stage lives in its own module:
+
+- ``services.prompt`` / ``services.tokenizer`` / ``services.text_coding``: what is in the scene
+- ``services.edges`` / ``services.sketch_coding``: where things are
+- ``services.bitstream``: the container
+- ``services.reconstruction``: the diffusion decoder
+
+Stage modules are imported lazily so ``textsketch info`` and the bitstream
+work without loading torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+
+from services.bitstream import Mode, Payload, derive_seed, parse
+from services.imaging import resize
+from services.profiles import ModelProfile, check_served
+from services.settings import CodecSettings
+
+if TYPE_CHECKING:
+    from services.reconstruction import DecodeJob, Reconstructor
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    """Per-request encoder choices; ``None`` means the settings' default."""
+
+    mode: Mode = Mode.PICS
+    prompt_source: str | None = None
+    text: str | None = None
+    quality: int | None = None
+    target_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class EncodeResult:
+    """A coded image and what went into it (for logs, headers and evaluation)."""
+
+    payload: Payload
+    data: bytes
+    prompt_ids: tuple[int, ...]
+    sketch: np.ndarray | None  # decoded sketch as the decoder will see it (PICS)
+
+    @property
+    def n_bytes(self) -> int:
+        return len(self.data)
+
+    @property
+    def bpp(self) -> float:
+        return self.payload.bpp(len(self.data))
+
+
+def parse_mode(value: str | int | Mode) -> Mode:
+    """``"pic"``/``"pics"`` (any case), ``0``/``1`` or a ``Mode``."""
+    if isinstance(value, Mode):
+        return value
+    if isinstance(value, int):
+        return Mode(value)
+    try:
+        return Mode[str(value).strip().upper()]
+    except KeyError:
+        raise ValueError(f"unknown mode {value!r}; use pic (prompt only) or pics (prompt + sketch)") from None
+
+
+def encode_image(image: Image.Image, settings: CodecSettings, options: EncodeOptions = EncodeOptions()) -> EncodeResult:
+    """Code an RGB image as a payload under the configured profile."""
+    from services.edges import edge_map
+    from services.prompt import make_prompt_ids
+    from services.sketch_coding import decode_sketch, encode_sketch
+    from services.text_coding import encode_token_ids
+
+    profile = settings.model_profile()
+    image = image.convert("RGB")
+    working_w, working_h = profile.working_size(image.width, image.height)
+    working = resize(image, working_w, working_h)
+
+    source = options.prompt_source or settings.prompt_source
+    prompt_ids = tuple(make_prompt_ids(working, source, settings, text=options.text))
+    prompt_body = encode_token_ids(prompt_ids)
+
+    sketch_body: bytes | None = None
+    sketch: np.ndarray | None = None
+    if options.mode == Mode.PICS:
+        edges = edge_map(working, profile.sketch_kind, settings)
+        quality = settings.sketch_quality if options.quality is None else options.quality
+        target = options.target_bytes if options.target_bytes is not None else settings.sketch_target_bytes
+        sketch_body = encode_sketch(edges, profile.sketch_kind, quality=quality, target_bytes=target)
+        sketch = decode_sketch(sketch_body, working_w, working_h)
+
+    payload = Payload(
+        profile=int(profile.id),
+        width=image.width,
+        height=image.height,
+        mode=options.mode,
+        prompt=prompt_body,
+        sketch=sketch_body,
+    )
+    return EncodeResult(payload=payload, data=payload.to_bytes(), prompt_ids=prompt_ids, sketch=sketch)
+
+
+def payload_to_job(payload: Payload, profile: ModelProfile, candidate: int | None = None) -> DecodeJob:
+    """Everything the diffusion stage needs for one payload, checked and decoded.
+
+    ``candidate`` overrides the payload's own candidate index (candidate rendering).
+    Raises ``ProfileMismatchError`` for another profile and ``BitstreamError`` for
+    corrupt bodies.
+    """
+    from services.reconstruction import DecodeJob
+    from services.sketch_coding import control_image, decode_sketch
+    from services.text_coding import decode_token_ids
+
+    check_served(payload.profile, profile)
+    working_w, working_h = profile.working_size(payload.width, payload.height)
+    token_ids = tuple(decode_token_ids(payload.prompt))
+    control = None
+    if payload.mode == Mode.PICS:
+        sketch = decode_sketch(payload.sketch, working_w, working_h)
+        control = control_image(sketch, profile.sketch_kind)
+    return DecodeJob(
+        token_ids=token_ids,
+        control=control,
+        seed=derive_seed(payload, candidate),
+        width=payload.width,
+        height=payload.height,
+        working_width=working_w,
+        working_height=working_h,
+        mode=payload.mode,
+        steps=profile.steps,
+        guidance=profile.guidance,
+    )
+
+
+def decode_payload(data: bytes, reconstructor: Reconstructor) -> Image.Image:
+    """Parse, check and regenerate one payload (batch of one)."""
+    job = payload_to_job(parse(data), reconstructor.profile)
+    return reconstructor.decode_batch([job])[0]
+
+
+def candidate_jobs(data: bytes, profile: ModelProfile, n: int) -> list[DecodeJob]:
+    """The jobs for candidates 1..n of a payload (the published selection trick)."""
+    from services.bitstream import MAX_CANDIDATE
+
+    if not 1 <= n <= MAX_CANDIDATE or n & (n - 1):
+        raise ValueError(f"candidates must be a power of two in 1..{MAX_CANDIDATE}, got {n}")
+    payload = parse(data)
+    return [payload_to_job(payload, profile, candidate=k) for k in range(1, n + 1)]

@@ -1,0 +1,27 @@
+"""Test-wide setup: offline hub, a private cache folder for tiny models and tokenizer files."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# Must be set before transformers/diffusers look at the hub: a missing model
+# would otherwise retry the network for ~30 s instead of failing at once.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# One cache for the whole run (tiny models are built once and loaded back by
+# from_pretrained); kept out of the user's home. CI may point it elsewhere.
+os.environ.setdefault("TEXTSKETCH_CACHE_DIR", str(Path(tempfile.gettempdir()) / "textsketch-test-cache"))
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+KODAK = Path(os.environ.get("TEXTSKETCH_KODAK_DIR", REPO.parent / "shared" / "data" / "kodak"))
+
+
+@pytest.fixture(scope="session")
+def kodak_dir() -> Path:
+    if not (KODAK / "kodim01.png").is_file():
+        pytest.skip(f"Kodak images not found in {KODAK} (set TEXTSKETCH_KODAK_DIR)")
+    return KODAK
