@@ -34,9 +34,9 @@ from services.settings import CodecSettings
 from services.tokenizer import VOCAB_SIZE, load_tokenizer
 
 N_WORDS = 100_000
-WORDFREQ_SHARE = 0.80
-RANK_SHARE = 0.15
-UNIFORM_SHARE = 0.05
+WORDFREQ_SHARE = 0.70
+RANK_SHARE = 0.20
+UNIFORM_SHARE = 0.10
 RANK_OFFSET = 500
 PUNCTUATION_SHARE = {",": 0.02, ".": 0.01}  # of the word-start context's wordfreq part
 PRIOR_BITS = 24
@@ -105,8 +105,10 @@ def main() -> None:
     np.savez_compressed(args.out, **tables)
     f = tables["freqs"].astype(np.float64)
     bits = -np.log2(f / f.sum(axis=1, keepdims=True))
-    print(f"wrote {args.out} ({args.out.stat().st_size} bytes); max cost {bits.max(axis=1).round(2)} bits, "
-          f"min {bits.min(axis=1).round(2)} bits per context")
+    print(
+        f"wrote {args.out} ({args.out.stat().st_size} bytes); max cost {bits.max(axis=1).round(2)} bits, "
+        f"min {bits.min(axis=1).round(2)} bits per context"
+    )
 
 
 if __name__ == "__main__":
