@@ -1,0 +1,242 @@
+"""Lossless coding of a bilevel sketch as chains of 8-connected moves (integer-only models).
+
+A bitmap is walked in raster order. The first unvisited 1-pixel starts a path;
+the path is followed forward, then backward from its start, one 8-neighbour at
+a time, and every pixel it passes is marked visited. Coded symbols:
+
+* ``skip``: how many *unvisited* pixels lie between the previous start and this
+  one, as ``v = skip + 1`` (``v = 0`` ends the map): the bit length of ``v`` with
+  an adaptive model, then its lower bits uniformly;
+* the first move of each direction (an absolute direction, or STOP);
+* every further move as a turn relative to the last direction (0, +-45, +-90,
+  +-135 degrees) or STOP, in a context of the last turn and whether the last move
+  was diagonal.
+
+Moves the decoder already knows are impossible (off the map, into a visited
+pixel, or into a pixel before the path's start in raster order, which must be 0)
+are removed from the alphabet; when no move is possible STOP is implied and not
+coded. Encoder and decoder run the same ``_walk``, so they cannot drift apart.
+
+Probability models are integer counts (initialised from small fixed integers,
+incremented by ``INCREMENT``, halved above ``LIMIT``). constriction receives
+them as float64 arrays holding those small integers, which are exact, and
+quantises them with its fixed-point ``Categorical(perfect=False)``; no float
+value computed from data ever reaches the coder. The bit-exactness argument and
+its one assumption are in ``docs/sketch.md``.
+"""
+
+from __future__ import annotations
+
+import constriction
+import numpy as np
+
+from services.errors import BitstreamError
+
+cmodel = constriction.stream.model  # constriction exposes its submodules as attributes only
+cqueue = constriction.stream.queue
+
+# Direction d -> (dx, dy): E, NE, N, NW, W, SW, S, SE (counter-clockwise, y down).
+DIRECTIONS = ((1, 0), (1, -1), (0, -1), (-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1))
+TURNS = (0, 1, 7, 2, 6, 3, 5)  # turn index -> (new - previous) mod 8; 4 (reverse) never happens
+STOP_TURN = len(TURNS)  # symbol index of STOP in the turn alphabet
+STOP_DIR = 8  # symbol index of STOP in the first-move alphabet
+MAX_LENGTH_BITS = 40  # bit length of ``skip + 1``; plenty for any permitted sketch
+INCREMENT = 16
+LIMIT = 1 << 13
+
+# Initial integer counts (a mild prior: chains tend to go straight and be long).
+_TURN_PRIOR = (12, 6, 6, 2, 2, 1, 1, 2)
+_FIRST_PRIOR = (3, 2, 2, 2, 3, 3, 3, 3, 2)
+_LENGTH_PRIOR = tuple([1] * (MAX_LENGTH_BITS + 1))
+
+_CATEGORICAL = cmodel.Categorical(perfect=False)
+
+
+class AdaptiveTable:
+    """Integer symbol counts for one context."""
+
+    __slots__ = ("counts",)
+
+    def __init__(self, prior: tuple[int, ...]) -> None:
+        self.counts = list(prior)
+
+    def probabilities(self, alphabet: list[int]) -> np.ndarray:
+        return np.array([[self.counts[s] for s in alphabet]], dtype=np.float64)
+
+    def update(self, symbol: int) -> None:
+        counts = self.counts
+        counts[symbol] += INCREMENT
+        if counts[symbol] > LIMIT:
+            self.counts = [(c + 1) >> 1 for c in counts]
+
+
+class _Coder:
+    """One side of the range coder: ``code`` encodes ``symbol`` or, when decoding, returns one."""
+
+    def __init__(self, words: np.ndarray | None = None) -> None:
+        self.decoding = words is not None
+        self.stream = cqueue.RangeDecoder(words) if self.decoding else cqueue.RangeEncoder()
+
+    def code(self, table: AdaptiveTable, alphabet: list[int], symbol: int | None) -> int:
+        """Code ``alphabet.index(symbol)`` with ``table``'s counts; return the symbol."""
+        probs = table.probabilities(alphabet)
+        if self.decoding:
+            symbol = alphabet[int(self.stream.decode(_CATEGORICAL, probs)[0])]
+        else:
+            self.stream.encode(np.array([alphabet.index(symbol)], dtype=np.int32), _CATEGORICAL, probs)
+        table.update(symbol)
+        return symbol
+
+    def code_bits(self, value: int | None, n_bits: int) -> int:
+        """Code ``n_bits`` raw bits of ``value`` (uniform), 16 at a time."""
+        result = 0
+        for shift in range(0, n_bits, 16):
+            size = 1 << min(16, n_bits - shift)
+            uniform = cmodel.Uniform(size)
+            if self.decoding:
+                chunk = int(self.stream.decode(uniform))
+            else:
+                chunk = (value >> shift) & (size - 1)
+                self.stream.encode(chunk, uniform)
+            result |= chunk << shift
+        return result
+
+
+class _Tables:
+    def __init__(self) -> None:
+        self.length = AdaptiveTable(_LENGTH_PRIOR)
+        self.first = [AdaptiveTable(_FIRST_PRIOR), AdaptiveTable(_FIRST_PRIOR)]  # forward, backward
+        # Context of a turn: the last turn (or "first move") and whether the last move was diagonal.
+        self.turn = [AdaptiveTable(_TURN_PRIOR) for _ in range((len(TURNS) + 1) * 2)]
+
+    def turn_table(self, last_turn: int, last_dir: int) -> AdaptiveTable:
+        return self.turn[last_turn * 2 + (last_dir & 1)]
+
+
+def _walk(coder: _Coder, width: int, height: int, bits: np.ndarray | None) -> list[list[int]]:
+    """Code (or decode) a bitmap; return its paths as lists of flat pixel indices.
+
+    The walk runs on a grid padded by one pixel on each side whose border is
+    marked visited, so neighbour moves need no bounds checks; padded raster
+    order is the same as the map's raster order.
+    """
+    stride = width + 2
+    visited = bytearray([1]) * (stride * (height + 2))
+    for y in range(height):
+        visited[(y + 1) * stride + 1 : (y + 1) * stride + 1 + width] = bytes(width)
+    flat = None
+    ones: list[int] = []
+    if bits is not None:
+        padded = np.zeros((height + 2, stride), dtype=np.uint8)
+        padded[1:-1, 1:-1] = bits
+        flat = padded.reshape(-1).tobytes()
+        ones = np.flatnonzero(padded.reshape(-1)).tolist()
+    offsets = tuple(dy * stride + dx for dx, dy in DIRECTIONS)
+    next_one = 0
+    tables = _Tables()
+    lengths = list(range(MAX_LENGTH_BITS + 1))
+    paths: list[list[int]] = []
+    pos = 0
+    while True:
+        value = None  # skip + 1, or 0 for "no more paths"
+        if flat is not None:
+            while next_one < len(ones) and visited[ones[next_one]]:
+                next_one += 1
+            if next_one == len(ones):
+                value = 0
+            else:
+                start = ones[next_one]
+                value = start - pos - visited.count(1, pos, start) + 1
+        n_bits = coder.code(tables.length, lengths, None if value is None else value.bit_length())
+        if n_bits == 0:
+            return [[(q // stride - 1) * width + q % stride - 1 for q in path] for path in paths]
+        skip = ((1 << (n_bits - 1)) | coder.code_bits(value, n_bits - 1)) - 1
+        if flat is None:
+            start = _nth_unvisited(visited, pos, skip)
+        visited[start] = 1
+        pos = start + 1
+        forward = _chain(coder, tables, 0, start, offsets, visited, flat)
+        backward = _chain(coder, tables, 1, start, offsets, visited, flat)
+        paths.append(backward[::-1] + [start] + forward)
+
+
+def _nth_unvisited(visited: bytearray, pos: int, skip: int) -> int:
+    """Index of the ``skip``-th (0-based) unvisited cell at or after ``pos``; linear in the span, in C."""
+    low, remaining = pos, skip
+    while True:
+        end = low + remaining
+        if end >= len(visited):
+            raise BitstreamError("corrupt sketch body: a path starts beyond the end of the map")
+        taken = visited.count(1, low, end + 1)
+        if not taken:
+            return end
+        low, remaining = end + 1, taken - 1
+
+
+# For each last direction: (turn index, new direction) pairs in turn order.
+_TURN_MOVES = tuple(tuple((t, (last + r) % 8) for t, r in enumerate(TURNS)) for last in range(8))
+_FIRST_CHOICE = (6, 0, 7, 5)  # encoder's first move preference: S, E, SE, SW
+
+
+def _chain(coder, tables, side, start, offsets, visited, flat) -> list[int]:
+    """Follow one direction from ``start`` (padded index); return the pixels visited after it."""
+    pixels: list[int] = []
+    current = start
+    last_dir = last_turn = -1
+    while True:
+        moves = {}
+        for d in range(8):
+            q = current + offsets[d]
+            if q > start and not visited[q]:
+                moves[d] = q
+        if not moves:
+            return pixels
+        if last_dir < 0:
+            wanted = None
+            if flat is not None:
+                wanted = next((d for d in _FIRST_CHOICE if d in moves and flat[moves[d]]), STOP_DIR)
+            d = coder.code(tables.first[side], sorted(moves) + [STOP_DIR], wanted)
+            if d == STOP_DIR:
+                return pixels
+            last_turn = STOP_TURN  # "no turn yet" context
+        else:
+            candidates = [(t, d) for t, d in _TURN_MOVES[last_dir] if d in moves]
+            wanted = None
+            if flat is not None:
+                wanted = next((t for t, d in candidates if flat[moves[d]]), STOP_TURN)
+            table = tables.turn_table(last_turn, last_dir)
+            t = coder.code(table, [t for t, _ in candidates] + [STOP_TURN], wanted)
+            if t == STOP_TURN:
+                return pixels
+            d = (last_dir + TURNS[t]) % 8
+            last_turn = t
+        last_dir = d
+        current = moves[d]
+        visited[current] = 1
+        pixels.append(current)
+
+
+def encode_bitmap(bits: np.ndarray) -> tuple[bytes, list[list[int]]]:
+    """Code a boolean H x W map; return the coded bytes (big-endian words, trailing zeros cut) and its paths."""
+    height, width = bits.shape
+    coder = _Coder()
+    paths = _walk(coder, width, height, bits)
+    return coder.stream.get_compressed().astype(">u4").tobytes().rstrip(b"\0"), paths
+
+
+def decode_bitmap(data: bytes, width: int, height: int) -> tuple[np.ndarray, list[list[int]]]:
+    """Inverse of ``encode_bitmap``: the boolean H x W map and its paths."""
+    if data and data[-1] == 0:
+        raise BitstreamError("corrupt sketch body: non-canonical trailing zero byte")
+    padded = bytes(data) + b"\0" * (-len(data) % 4)
+    words = np.frombuffer(padded, dtype=">u4").astype(np.uint32)
+    try:
+        paths = _walk(_Coder(words), width, height, None)
+    except BitstreamError:
+        raise
+    except (AssertionError, ValueError, IndexError, OverflowError) as exc:  # constriction: AssertionError
+        raise BitstreamError(f"corrupt sketch body ({type(exc).__name__})") from None
+    bits = np.zeros(width * height, dtype=bool)
+    for path in paths:
+        bits[path] = True
+    return bits.reshape(height, width), paths
