@@ -1,0 +1,254 @@
+"""Decoder service HTTP layer: thin routes over ``DecoderRuntime`` (model + scheduler).
+
+Run (settings from the environment, see docs/services.md):
+
+    TEXTSKETCH_PROFILE=tiny python -m uvicorn --factory decoder_service.app:create_app --port 8001
+
+``decoder_service.app:app`` (without ``--factory``) works too: it builds the app
+from the environment when uvicorn looks the name up, never at import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+
+import msgpack
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from decoder_service.runtime import DecoderRuntime, ReconstructorFactory, State, default_reconstructor
+from decoder_service.settings import DecoderSettings
+from services.bitstream import MAX_CANDIDATE, parse
+from services.errors import UnsupportedMediaError
+from services.http_errors import (
+    BodyTooLargeError,
+    InvalidRequestError,
+    NotAcceptableError,
+    UnauthorizedError,
+    install_error_handlers,
+)
+from services.imaging import encode_image
+from services.metrics import ServiceMetrics, install_request_metrics
+
+log = logging.getLogger("textsketch.decoder")
+
+MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack", "application/octet-stream")
+IMAGE_TYPES = {"image/png": "png", "image/webp": "webp", "image/jpeg": "jpeg"}
+
+_MSGPACK_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "A textsketch payload (bitstream v1) exactly as returned by the encoder's POST /encode.",
+        "content": {"application/msgpack": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+_IMAGE_RESPONSES = {
+    200: {
+        "description": "The reconstructed image at the original size; PNG unless Accept asks for WebP or JPEG.",
+        "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in IMAGE_TYPES},
+    },
+    406: {"description": "Accept names no image format this service writes."},
+    409: {"description": "The payload was encoded for another model profile."},
+    413: {"description": "Body larger than max_body_bytes."},
+    422: {"description": "Malformed payload; detail has the bitstream's error message."},
+    429: {"description": "Queue full; retry after Retry-After seconds."},
+    503: {"description": "Loading or draining; retry after Retry-After seconds."},
+    504: {"description": "The request's deadline passed while it was queued."},
+}
+_CANDIDATE_RESPONSES = {
+    200: {
+        "description": "msgpack map {indices: [1..N], format: 'png'|'webp'|'jpeg', images: [bytes, ...]}.",
+        "content": {"application/msgpack": {"schema": {"type": "string", "format": "binary"}}},
+    },
+    **{k: v for k, v in _IMAGE_RESPONSES.items() if k != 200},
+}
+
+
+def negotiate_image_format(accept: str | None) -> str:
+    """Pick png / webp / jpeg from an Accept header (PNG for none, */* or image/*)."""
+    if not accept:
+        return "png"
+    offers: list[tuple[float, int, str]] = []
+    for position, part in enumerate(accept.split(",")):
+        fields = [f.strip() for f in part.split(";")]
+        media = fields[0].lower()
+        q = 1.0
+        for param in fields[1:]:
+            if param.startswith("q="):
+                try:
+                    q = float(param[2:])
+                except ValueError:
+                    q = 0.0
+        if q > 0:
+            offers.append((-q, position, media))
+    for _, _, media in sorted(offers):
+        if media in IMAGE_TYPES:
+            return IMAGE_TYPES[media]
+        if media in ("*/*", "image/*"):
+            return "png"
+    raise NotAcceptableError(f"cannot produce {accept!r}; ask for image/png, image/webp or image/jpeg")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing more than ``limit`` bytes before reading it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLargeError(f"body is {declared} bytes; the limit is {limit}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BodyTooLargeError(f"body exceeds the {limit}-byte limit")
+    return bytes(body)
+
+
+def client_timeout(request: Request) -> float | None:
+    """The client's own queue deadline from ``X-Request-Timeout`` (seconds), if it sent a valid one."""
+    value = request.headers.get("x-request-timeout")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise InvalidRequestError(f"X-Request-Timeout must be a number of seconds, got {value!r}") from None
+    if not 0 < seconds < 86400:
+        raise InvalidRequestError(f"X-Request-Timeout must be in (0, 86400) seconds, got {value}")
+    return seconds
+
+
+def _check_content_type(request: Request) -> None:
+    content_type = request.headers.get("content-type", "application/msgpack").split(";")[0].strip().lower()
+    if content_type not in MSGPACK_TYPES:
+        raise UnsupportedMediaError(f"send the payload as application/msgpack, not {content_type}")
+
+
+def create_app(
+    settings: DecoderSettings | None = None,
+    reconstructor_factory: ReconstructorFactory = default_reconstructor,
+) -> FastAPI:
+    """Build the decoder app; models load in the lifespan, not here."""
+    settings = settings or DecoderSettings()
+    metrics = ServiceMetrics("decoder")
+    runtime = DecoderRuntime(settings, metrics, reconstructor_factory)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await runtime.startup()
+        restore = _chain_sigterm(runtime) if settings.handle_sigterm else None
+        try:
+            yield
+        finally:
+            if restore is not None:
+                restore()
+            await runtime.shutdown()
+
+    app = FastAPI(
+        title="textsketch decoder",
+        version="1",
+        lifespan=lifespan,
+        description="Regenerates images from text+sketch payloads with dynamically batched diffusion.",
+    )
+    app.state.runtime = runtime
+    app.state.settings = settings
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    install_request_metrics(app, metrics)
+
+    def authorize(request: Request) -> None:
+        if settings.auth_token and request.headers.get("authorization") != f"Bearer {settings.auth_token}":
+            metrics.rejected("unauthorized")
+            raise UnauthorizedError("missing or wrong bearer token; send Authorization: Bearer <token>")
+
+    async def payload_from(request: Request):
+        authorize(request)
+        runtime.check_accepting()  # 503 before reading anything while loading or draining
+        _check_content_type(request)
+        try:
+            body = await read_body(request, settings.max_body_bytes)
+        except BodyTooLargeError:
+            metrics.rejected("too_large")
+            raise
+        return parse(body)
+
+    @app.post("/decode", response_class=Response, openapi_extra=_MSGPACK_BODY, responses=_IMAGE_RESPONSES,
+              summary="Decode a payload to an image")
+    async def decode(request: Request) -> Response:
+        fmt = negotiate_image_format(request.headers.get("accept"))
+        payload = await payload_from(request)
+        jobs = await run_in_threadpool(runtime.jobs_for, payload)
+        (image,) = await runtime.run_jobs(jobs, request.is_disconnected, client_timeout(request))
+        data = await run_in_threadpool(encode_image, image, fmt, settings.output_quality)
+        media = "image/jpeg" if fmt == "jpeg" else f"image/{fmt}"
+        return Response(data, media_type=media, headers={"X-Candidate": str(payload.candidate)})
+
+    @app.post("/candidates", response_class=Response, openapi_extra=_MSGPACK_BODY, responses=_CANDIDATE_RESPONSES,
+              summary="Render candidates 1..n of a payload in one batch")
+    async def candidates(
+        request: Request,
+        n: int = Query(4, ge=1, le=MAX_CANDIDATE, description="Number of candidates, a power of two."),
+        format: str = Query("png", pattern="^(png|webp|jpeg)$", description="Image format of each candidate."),
+    ) -> Response:
+        if n & (n - 1) or n > settings.max_candidates:
+            raise InvalidRequestError(f"n must be a power of two up to {settings.max_candidates}, got {n}")
+        payload = await payload_from(request)
+        jobs = await run_in_threadpool(runtime.jobs_for, payload, list(range(1, n + 1)))
+        images = await runtime.run_jobs(jobs, request.is_disconnected, client_timeout(request))
+        encoded = await run_in_threadpool(lambda: [encode_image(im, format, settings.output_quality) for im in images])
+        body = msgpack.packb({"indices": list(range(1, n + 1)), "format": format, "images": encoded}, use_bin_type=True)
+        return Response(body, media_type="application/msgpack")
+
+    @app.get("/health/live", summary="Liveness: the process runs (fails only when loading failed)")
+    async def live() -> JSONResponse:
+        ok = runtime.state is not State.FAILED
+        return JSONResponse({"status": "alive" if ok else "failed", "detail": runtime.load_error},
+                            status_code=200 if ok else 503)
+
+    @app.get("/health/ready", summary="Readiness: models loaded and warmed up, not draining")
+    async def ready() -> JSONResponse:
+        body = {
+            "status": runtime.state.value,
+            "profile": runtime.profile.name,
+            "queued_jobs": runtime.scheduler.queued_jobs,
+            "max_batch_size": settings.max_batch_size,
+        }
+        headers = {} if runtime.ready else {"Retry-After": "5"}
+        return JSONResponse(body, status_code=200 if runtime.ready else 503, headers=headers)
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response,
+             responses={200: {"content": {"text/plain": {}}}})
+    async def metrics_route() -> Response:
+        data, content_type = metrics.exposition()
+        return Response(data, media_type=content_type)
+
+    return app
+
+
+def _chain_sigterm(runtime: DecoderRuntime):
+    """Mark draining as soon as SIGTERM arrives, then let uvicorn's own handler run."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum, frame):
+        runtime.begin_drain()
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+    def restore() -> None:
+        if signal.getsignal(signal.SIGTERM) is on_sigterm:
+            signal.signal(signal.SIGTERM, previous)
+
+    return restore
+
+
+def __getattr__(name: str):
+    """``decoder_service.app:app`` for uvicorn: built from the environment on first access."""
+    if name == "app":
+        return create_app()
+    raise AttributeError(name)

@@ -1,0 +1,344 @@
+"""Dynamic batching scheduler: pure asyncio, no HTTP, no model.
+
+Requests are *groups* of jobs (one job for ``/decode``, N for ``/candidates``)
+put into buckets by an exact compatibility key (profile, mode, working size,
+steps, guidance). A bucket is due when its queued jobs fill ``max_batch_size``
+or its oldest request has waited ``max_queue_delay_s``; among due buckets the
+one with the oldest head runs first, so no bucket starves. A group is never
+split across batches (a group larger than ``max_batch_size`` runs alone).
+
+One worker thread (a single-thread executor) runs ``run_batch`` off the event
+loop, one batch at a time. A failing batch fails exactly its requests.
+Requests whose deadline passes while queued fail with
+``DeadlineExceededError``; cancelled requests are dropped before their batch
+starts. ``drain()`` stops accepting and finishes everything accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import enum
+import itertools
+import time
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+from services.http_errors import DeadlineExceededError, DrainingError, QueueFullError, RequestCancelledError
+
+J = TypeVar("J")
+R = TypeVar("R")
+
+
+class SchedulerObserver(Protocol):
+    """What the scheduler reports; ``services.metrics`` implements it."""
+
+    def queue_size(self, n_jobs: int) -> None: ...
+    def queue_wait(self, seconds: float) -> None: ...
+    def batch_done(self, n_jobs: int, seconds: float, ok: bool) -> None: ...
+    def rejected(self, reason: str) -> None: ...
+
+
+class _NullObserver:
+    def queue_size(self, n_jobs: int) -> None:
+        pass
+
+    def queue_wait(self, seconds: float) -> None:
+        pass
+
+    def batch_done(self, n_jobs: int, seconds: float, ok: bool) -> None:
+        pass
+
+    def rejected(self, reason: str) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_batch_size: int = 8
+    max_queue_delay_s: float = 0.010
+    max_queue_size: int = 64  # queued jobs (not requests), not counting the running batch
+    retry_after_s: float = 1.0
+
+
+class _State(enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+
+
+@dataclass(eq=False)
+class Ticket(Generic[J, R]):
+    """A submitted request: await ``future`` for its results; ``cancel()`` drops it if still queued."""
+
+    key: Hashable
+    jobs: tuple[J, ...]
+    future: asyncio.Future
+    enqueued_at: float
+    seq: int
+    _scheduler: BatchScheduler = field(repr=False)
+    state: _State = _State.QUEUED
+    _timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+    def cancel(self) -> bool:
+        """Drop the request if its batch has not started; True when dropped."""
+        return self._scheduler._cancel(self)
+
+    @property
+    def started(self) -> bool:
+        return self.state is not _State.QUEUED
+
+
+class BatchScheduler(Generic[J, R]):
+    """Bucketed dynamic batcher around a blocking ``run_batch(jobs) -> results``."""
+
+    def __init__(
+        self,
+        run_batch: Callable[[list[J]], Sequence[R]],
+        config: SchedulerConfig = SchedulerConfig(),
+        observer: SchedulerObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if config.max_batch_size < 1 or config.max_queue_size < 1:
+            raise ValueError("max_batch_size and max_queue_size must be at least 1")
+        self._run_batch = run_batch
+        self.config = config
+        self._observer = observer or _NullObserver()
+        self._clock = clock
+        self._buckets: dict[Hashable, collections.deque[Ticket]] = {}
+        self._queued_jobs = 0
+        self._seq = itertools.count()
+        self._executor: ThreadPoolExecutor | None = None
+        self._task: asyncio.Task | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._accepting = False
+        self._running_batch = False
+
+    # -- lifecycle ---------------------------------------------------------
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-worker")
+        self._wakeup = asyncio.Event()
+        self._accepting = True
+        self._task = asyncio.create_task(self._loop(), name="batch-scheduler")
+        self._task.add_done_callback(self._on_loop_exit)
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    @property
+    def queued_jobs(self) -> int:
+        return self._queued_jobs
+
+    @property
+    def idle(self) -> bool:
+        return self._queued_jobs == 0 and not self._running_batch
+
+    async def drain(self, timeout_s: float | None = None) -> bool:
+        """Stop accepting; wait until every accepted request finished. True when fully drained."""
+        self._accepting = False
+        self._poke()
+        deadline = None if timeout_s is None else self._clock() + timeout_s
+        while not self.idle:
+            if deadline is not None and self._clock() >= deadline:
+                return False
+            await asyncio.sleep(0.005)
+        return True
+
+    async def close(self) -> None:
+        """Stop the loop; fail whatever is still queued with ``DrainingError``."""
+        self._accepting = False
+        for bucket in list(self._buckets.values()):
+            for ticket in list(bucket):
+                self._finish(ticket, exc=DrainingError("the decoder is shutting down; retry on another instance"))
+        self._buckets.clear()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    async def call_in_worker(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn`` on the batch worker thread (model loading and warm-up use the same thread)."""
+        if self._executor is None:
+            raise RuntimeError("start() the scheduler first")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _on_loop_exit(self, task: asyncio.Task) -> None:
+        """If the loop ever dies of a bug, fail what is queued instead of hanging it."""
+        if task.cancelled() or task.exception() is None:
+            return
+        self._accepting = False
+        for bucket in list(self._buckets.values()):
+            for ticket in list(bucket):
+                self._finish(ticket, exc=RuntimeError(f"batch scheduler stopped: {task.exception()!r}"))
+        self._buckets.clear()
+        self._queued_jobs = 0
+
+    # -- submitting --------------------------------------------------------
+    def submit(self, key: Hashable, jobs: Sequence[J], *, timeout_s: float | None = None) -> Ticket[J, R]:
+        """Queue a group of jobs; raise ``QueueFullError`` / ``DrainingError`` at once when refused."""
+        if not jobs:
+            raise ValueError("submit needs at least one job")
+        if self._task is None or not self._accepting:
+            self._observer.rejected("draining")
+            raise DrainingError("the decoder is shutting down and accepts no new requests", retry_after_s=5)
+        # A group larger than the whole queue (many candidates) is admitted into an empty queue only.
+        if self._queued_jobs and self._queued_jobs + len(jobs) > self.config.max_queue_size:
+            self._observer.rejected("queue_full")
+            raise QueueFullError(
+                f"decode queue is full ({self._queued_jobs} of {self.config.max_queue_size} jobs queued); "
+                "retry after the Retry-After delay",
+                retry_after_s=self.config.retry_after_s,
+            )
+        loop = asyncio.get_running_loop()
+        ticket: Ticket[J, R] = Ticket(
+            key=key, jobs=tuple(jobs), future=loop.create_future(), enqueued_at=self._clock(),
+            seq=next(self._seq), _scheduler=self,
+        )
+        self._buckets.setdefault(key, collections.deque()).append(ticket)
+        self._queued_jobs += len(ticket.jobs)
+        self._observer.queue_size(self._queued_jobs)
+        if timeout_s is not None:
+            ticket._timer = loop.call_later(max(0.0, timeout_s), self._expire, ticket)
+        self._poke()
+        return ticket
+
+    async def run(self, key: Hashable, jobs: Sequence[J], *, timeout_s: float | None = None) -> list[R]:
+        """Submit and wait; cancelling the caller drops the request if it has not started."""
+        ticket = self.submit(key, jobs, timeout_s=timeout_s)
+        try:
+            return await asyncio.shield(ticket.future)
+        except asyncio.CancelledError:
+            ticket.cancel()
+            raise
+
+    # -- internals ---------------------------------------------------------
+    def _poke(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    def _remove(self, ticket: Ticket) -> None:
+        bucket = self._buckets.get(ticket.key)
+        if bucket is not None:
+            bucket.remove(ticket)
+            if not bucket:
+                del self._buckets[ticket.key]
+        self._queued_jobs -= len(ticket.jobs)
+        self._observer.queue_size(self._queued_jobs)
+
+    def _finish(self, ticket: Ticket, *, result: Any = None, exc: BaseException | None = None) -> None:
+        ticket.state = _State.DONE
+        if ticket._timer is not None:
+            ticket._timer.cancel()
+        if ticket.future.done():
+            return
+        if exc is not None:
+            ticket.future.set_exception(exc)
+            ticket.future.exception()  # mark retrieved: a dropped waiter must not log a warning
+        else:
+            ticket.future.set_result(result)
+
+    def _cancel(self, ticket: Ticket) -> bool:
+        if ticket.state is not _State.QUEUED:
+            return False
+        self._remove(ticket)
+        self._observer.rejected("cancelled")
+        self._finish(ticket, exc=RequestCancelledError("the client disconnected before its batch started"))
+        self._poke()
+        return True
+
+    def _expire(self, ticket: Ticket) -> None:
+        if ticket.state is not _State.QUEUED:
+            return  # already running: let it finish
+        self._remove(ticket)
+        self._observer.rejected("deadline")
+        waited = self._clock() - ticket.enqueued_at
+        self._finish(ticket, exc=DeadlineExceededError(
+            f"request waited {waited:.2f} s in the decode queue and its deadline passed; "
+            "retry later or raise the deadline (request_timeout_s)"))
+        self._poke()
+
+    def _bucket_jobs(self, bucket: collections.deque[Ticket]) -> int:
+        return sum(len(t.jobs) for t in bucket)
+
+    def _pick(self, now: float) -> tuple[Hashable | None, float | None]:
+        """The due bucket with the oldest head, else (None, seconds until the next one is due)."""
+        best_key, best_head, next_due = None, None, None
+        for key, bucket in self._buckets.items():
+            head = bucket[0]
+            due_at = head.enqueued_at + self.config.max_queue_delay_s
+            full = self._bucket_jobs(bucket) >= self.config.max_batch_size
+            if full or now >= due_at or not self._accepting:
+                if best_head is None or (head.enqueued_at, head.seq) < (best_head.enqueued_at, best_head.seq):
+                    best_key, best_head = key, head
+            else:
+                next_due = due_at if next_due is None else min(next_due, due_at)
+        if best_key is not None:
+            return best_key, None
+        return None, None if next_due is None else max(0.0, next_due - now)
+
+    def _take(self, key: Hashable) -> list[Ticket]:
+        """Pop whole groups from a bucket's head up to ``max_batch_size`` jobs (at least one group)."""
+        bucket = self._buckets[key]
+        taken: list[Ticket] = []
+        n_jobs = 0
+        while bucket and (not taken or n_jobs + len(bucket[0].jobs) <= self.config.max_batch_size):
+            ticket = bucket[0]
+            self._remove(ticket)
+            taken.append(ticket)
+            n_jobs += len(ticket.jobs)
+        return taken
+
+    async def _loop(self) -> None:
+        if self._wakeup is None:
+            raise RuntimeError("start() the scheduler first")
+        loop = asyncio.get_running_loop()
+        while True:
+            key, wait_s = self._pick(self._clock())
+            if key is None:
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), timeout=wait_s)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            tickets = self._take(key)
+            now = self._clock()
+            for ticket in tickets:
+                ticket.state = _State.RUNNING
+                if ticket._timer is not None:
+                    ticket._timer.cancel()
+                self._observer.queue_wait(now - ticket.enqueued_at)
+            jobs = [job for ticket in tickets for job in ticket.jobs]
+            self._running_batch = True
+            started = time.perf_counter()
+            try:
+                results = await loop.run_in_executor(self._executor, self._run_checked, jobs)
+            except Exception as exc:  # noqa: BLE001 - a failing batch fails exactly its requests
+                self._observer.batch_done(len(jobs), time.perf_counter() - started, False)
+                for ticket in tickets:
+                    self._finish(ticket, exc=exc)
+            else:
+                self._observer.batch_done(len(jobs), time.perf_counter() - started, True)
+                offset = 0
+                for ticket in tickets:
+                    self._finish(ticket, result=list(results[offset:offset + len(ticket.jobs)]))
+                    offset += len(ticket.jobs)
+            finally:
+                self._running_batch = False
+
+    def _run_checked(self, jobs: list[J]) -> Sequence[R]:
+        results = self._run_batch(jobs)
+        if len(results) != len(jobs):
+            raise RuntimeError(f"batch returned {len(results)} results for {len(jobs)} jobs")
+        return results

@@ -1,0 +1,97 @@
+"""Candidate selection: which of the decoder's N renderings is closest to the input.
+
+The published trick: render candidates 1..N (seeds derived from the payload),
+score each by CLIP image-embedding cosine similarity to the input image, send
+only the winner's index. The CLIP model is any transformers ``CLIPModel``
+folder or hub id with its image processor beside it (a tiny random one in tests).
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import msgpack
+from PIL import Image
+
+from services.errors import ModelUnavailableError
+from services.http_errors import UpstreamError
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The chosen candidate index (1-based, as in the payload) and every candidate's score."""
+
+    index: int
+    scores: tuple[float, ...]
+
+
+class CandidateScorer:
+    """A CLIP image encoder loaded once; ``select`` picks the most similar candidate."""
+
+    def __init__(self, model_id: str, device: str = "cpu", revision: str | None = None) -> None:
+        self.model_id = model_id
+        self.revision = revision  # pin a hub commit in production; ignored for local folders
+        self.device = "cpu" if device == "auto" else device
+        self._lock = threading.Lock()
+        self._model = None
+        self._processor = None
+
+    def load(self) -> None:
+        with self._lock:
+            if self._model is not None:
+                return
+            from transformers import AutoImageProcessor, CLIPModel
+
+            try:
+                self._processor = AutoImageProcessor.from_pretrained(self.model_id, revision=self.revision)
+                self._model = CLIPModel.from_pretrained(self.model_id, revision=self.revision).to(self.device).eval()
+            except OSError as exc:
+                raise ModelUnavailableError(
+                    f"cannot load the CLIP model {self.model_id!r} for candidate selection: {exc}. Set "
+                    "TEXTSKETCH_ENCODER_SELECTION_CLIP_MODEL to a local CLIPModel folder (with its image processor)."
+                ) from exc
+
+    def embed(self, images: Sequence[Image.Image]):
+        import torch
+
+        self.load()
+        with torch.no_grad():
+            pixels = self._processor(images=[im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
+            features = self._model.get_image_features(pixel_values=pixels.to(self.device))
+            features = getattr(features, "pooler_output", features)
+            return torch.nn.functional.normalize(features.float(), dim=-1)
+
+    def select(self, reference: Image.Image, candidates: Sequence[Image.Image]) -> Selection:
+        """Index (1-based) of the candidate with the highest cosine similarity; ties go to the lowest index."""
+        if not candidates:
+            raise ValueError("no candidates to select from")
+        embeddings = self.embed([reference, *candidates])
+        scores = (embeddings[1:] @ embeddings[0]).tolist()
+        best = max(range(len(scores)), key=lambda i: (scores[i], -i))
+        return Selection(index=best + 1, scores=tuple(float(s) for s in scores))
+
+
+@functools.lru_cache(maxsize=4)
+def get_scorer(model_id: str, device: str, revision: str | None = None) -> CandidateScorer:
+    return CandidateScorer(model_id, device, revision)
+
+
+def unpack_candidates(body: bytes, n: int) -> list[Image.Image]:
+    """Images of a decoder /candidates response, checked against the count asked for."""
+    try:
+        message = msgpack.unpackb(body, raw=False)
+        indices, images = message["indices"], message["images"]
+        if list(indices) != list(range(1, n + 1)) or len(images) != n:
+            raise ValueError(f"expected candidates 1..{n}, got {indices}")
+        decoded = []
+        for data in images:
+            image = Image.open(io.BytesIO(data))
+            image.load()
+            decoded.append(image.convert("RGB"))
+        return decoded
+    except Exception as exc:  # noqa: BLE001 - anything malformed from the decoder is its fault, not the client's
+        raise UpstreamError(f"the decoder's /candidates response is malformed: {exc}", status=502) from None

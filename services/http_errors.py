@@ -1,0 +1,210 @@
+"""One place that maps domain errors to HTTP status codes, for both services.
+
+Service-level errors (overload, readiness, deadlines, an unreachable
+upstream) are defined here too: they carry no HTTP knowledge themselves
+(the scheduler raises them without knowing about FastAPI); only
+``error_response`` and ``install_error_handlers`` turn them into responses.
+
+Every error response has the JSON body ``{"error": code, "detail": message}``.
+
+==========================  ======  ======================  =====================================
+error                       status  code                    notes
+==========================  ======  ======================  =====================================
+BitstreamError              422     invalid_payload         well-formed request, unusable payload
+ProfileMismatchError        409     profile_mismatch        payload is for another decoder
+ImageTooLargeError          413     image_too_large         upload bytes or pixel count
+UnsupportedMediaError       415     unsupported_media       not an image type we read
+ImageInputError             422     invalid_image           truncated / corrupt image
+RequestValidationError      422     invalid_request         bad query parameter (FastAPI)
+InvalidRequestError         422     invalid_request         option out of range (our checks)
+NotAcceptableError          406     not_acceptable          ``Accept`` names no format we write
+BodyTooLargeError           413     body_too_large          request body over ``max_body_bytes``
+UnauthorizedError           401     unauthorized            missing / wrong bearer token
+QueueFullError              429     queue_full              + ``Retry-After``
+NotReadyError               503     not_ready               + ``Retry-After`` (loading)
+DrainingError               503     draining                + ``Retry-After`` (shutting down)
+DeadlineExceededError       504     deadline_exceeded       deadline passed while queued
+RequestCancelledError       499     client_closed_request   client went away (never seen by it)
+UpstreamError               502/503 upstream_unavailable    decoder service unreachable / failed
+ModelUnavailableError       503     model_unavailable       weights cannot be loaded
+anything else               500     internal_error          generic message; logged with traceback
+==========================  ======  ======================  =====================================
+
+``BitstreamError`` is 422 rather than 400: the request itself (method,
+content type, body size) is well formed; its content does not decode.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from services.errors import (
+    BitstreamError,
+    CodecError,
+    ImageInputError,
+    ImageTooLargeError,
+    ModelUnavailableError,
+    ProfileMismatchError,
+    UnsupportedMediaError,
+)
+
+log = logging.getLogger("textsketch.http")
+
+
+class ServiceError(CodecError):
+    """Base of the errors a service raises about itself (not about the input)."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class QueueFullError(ServiceError):
+    """The decode queue is at ``max_queue_size``; retry after a short wait."""
+
+
+class NotReadyError(ServiceError):
+    """Models are still loading or warming up."""
+
+
+class DrainingError(ServiceError):
+    """The service is shutting down and accepts no new work."""
+
+
+class DeadlineExceededError(ServiceError):
+    """A request's deadline passed while it waited in the queue."""
+
+
+class RequestCancelledError(ServiceError):
+    """The client went away before its batch started; nothing is sent back."""
+
+
+class InvalidRequestError(ServiceError):
+    """A request option is out of range (e.g. a candidate count that is not a power of two)."""
+
+
+class NotAcceptableError(ServiceError):
+    """The ``Accept`` header names no output format this service writes."""
+
+
+class BodyTooLargeError(ServiceError):
+    """The request body exceeds the configured limit."""
+
+
+class UnauthorizedError(ServiceError):
+    """A bearer token is configured and the request did not carry it."""
+
+
+class UpstreamError(ServiceError):
+    """Another service (the decoder, for candidate selection) is unreachable or failed."""
+
+    def __init__(self, message: str, *, status: int = 502, retry_after_s: float | None = None) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.status = status
+
+
+# Order matters: subclasses before their bases.
+_TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
+    (BitstreamError, 422, "invalid_payload"),
+    (ProfileMismatchError, 409, "profile_mismatch"),
+    (ImageTooLargeError, 413, "image_too_large"),
+    (UnsupportedMediaError, 415, "unsupported_media"),
+    (ImageInputError, 422, "invalid_image"),
+    (InvalidRequestError, 422, "invalid_request"),
+    (NotAcceptableError, 406, "not_acceptable"),
+    (BodyTooLargeError, 413, "body_too_large"),
+    (UnauthorizedError, 401, "unauthorized"),
+    (QueueFullError, 429, "queue_full"),
+    (NotReadyError, 503, "not_ready"),
+    (DrainingError, 503, "draining"),
+    (DeadlineExceededError, 504, "deadline_exceeded"),
+    (RequestCancelledError, 499, "client_closed_request"),
+    (UpstreamError, 502, "upstream_unavailable"),
+    (ModelUnavailableError, 503, "model_unavailable"),
+)
+
+
+def status_for(exc: BaseException) -> tuple[int, str]:
+    """(HTTP status, error code) of an exception; 500 for anything unexpected."""
+    for error_type, status, code in _TABLE:
+        if isinstance(exc, error_type):
+            if isinstance(exc, UpstreamError):
+                status = exc.status
+            return status, code
+    return 500, "internal_error"
+
+
+def error_response(exc: BaseException):
+    """A JSONResponse for ``exc``; unexpected errors are logged and get a generic message."""
+    from fastapi.responses import JSONResponse
+
+    status, code = status_for(exc)
+    headers: dict[str, str] = {}
+    if status == 500:
+        log.error("unhandled error: %r", exc, exc_info=exc)
+        detail = "internal error; the server log has the details"
+    else:
+        detail = str(exc)
+    retry_after = getattr(exc, "retry_after_s", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+
+
+def install_error_handlers(app) -> None:
+    """Route every domain error, validation error and unexpected exception through ``error_response``.
+
+    Unexpected exceptions are caught by a middleware rather than an ``Exception``
+    handler: Starlette re-raises after calling such a handler, which the ASGI
+    test transport would turn into a client-side exception instead of a 500.
+    Install this before the request-metrics middleware so that one (outer) sees the 500.
+    """
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+
+    async def on_codec_error(request, exc):
+        return error_response(exc)
+
+    async def on_validation(request, exc):
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg', '')}" for err in exc.errors()
+        )
+        return JSONResponse({"error": "invalid_request", "detail": problems}, status_code=422)
+
+    app.add_exception_handler(CodecError, on_codec_error)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_middleware(UnexpectedErrorMiddleware)
+
+
+class UnexpectedErrorMiddleware:
+    """Pure ASGI middleware: an exception no handler took becomes the generic JSON 500.
+
+    Pure ASGI (not ``@app.middleware("http")``): Starlette's ``BaseHTTPMiddleware``
+    wraps ``receive`` in a way that hides client disconnects from the route,
+    and the decoder relies on ``request.is_disconnected()``.
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if started:
+                raise
+            await error_response(exc)(scope, receive, send)
