@@ -6,6 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 export TEXTSKETCH_PROFILE=${TEXTSKETCH_PROFILE:-tiny}
+if [[ "$TEXTSKETCH_PROFILE" == tiny* ]]; then
+  # Offline: the encoder's captioner and CLIP are tiny random models built in code too.
+  export TEXTSKETCH_CAPTION_MODEL=${TEXTSKETCH_CAPTION_MODEL:-tiny}
+  export TEXTSKETCH_CLIP_MODEL=${TEXTSKETCH_CLIP_MODEL:-tiny}
+fi
 ENCODER_PORT=${ENCODER_PORT:-8001}
 DECODER_PORT=${DECODER_PORT:-8002}
 export TEXTSKETCH_ENCODER_DECODER_URL=${TEXTSKETCH_ENCODER_DECODER_URL:-http://127.0.0.1:$DECODER_PORT}

@@ -127,12 +127,6 @@ def cmd_profiles(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from services.evaluation import main as eval_main
-
-    return eval_main(args.eval_args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="textsketch", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -165,13 +159,17 @@ def build_parser() -> argparse.ArgumentParser:
     prof = sub.add_parser("profiles", help="list the model profiles")
     prof.set_defaults(func=cmd_profiles)
 
-    ev = sub.add_parser("eval", help="rate/quality evaluation over a folder of images", add_help=False)
-    ev.add_argument("eval_args", nargs=argparse.REMAINDER)
-    ev.set_defaults(func=cmd_eval)
+    # `eval` is dispatched in main() to services.evaluation's own parser; listed here for --help.
+    sub.add_parser("eval", help="rate/quality evaluation over a folder of images (textsketch eval --help)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["eval"]:  # its own parser (options before positionals)
+        from services.evaluation import main as eval_main
+
+        return eval_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
