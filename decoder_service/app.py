@@ -29,6 +29,7 @@ from services.http_errors import (
     InvalidRequestError,
     NotAcceptableError,
     UnauthorizedError,
+    bearer_token_ok,
     install_error_handlers,
 )
 from services.imaging import encode_image
@@ -159,7 +160,7 @@ def create_app(
     install_request_metrics(app, metrics)
 
     def authorize(request: Request) -> None:
-        if settings.auth_token and request.headers.get("authorization") != f"Bearer {settings.auth_token}":
+        if not bearer_token_ok(request.headers.get("authorization"), settings.auth_token):
             metrics.rejected("unauthorized")
             raise UnauthorizedError("missing or wrong bearer token; send Authorization: Bearer <token>")
 

@@ -141,7 +141,7 @@ class DecoderRuntime:
         from services.codec import payload_to_job
 
         check_served(payload.profile, self.profile)
-        job = payload_to_job(payload, self.profile)
+        job = payload_to_job(payload, self.profile, max_working_pixels=self.settings.max_working_pixels)
         if not candidates:
             return [job]
         return [replace(job, seed=derive_seed(payload, k)) for k in candidates]

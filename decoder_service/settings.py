@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.settings import CodecSettings
@@ -22,9 +22,13 @@ class DecoderSettings(BaseSettings):
     warmup_batch_sizes: list[int] | None = Field(
         None, description="Batch sizes to warm up; default every size 1..max_batch_size plus powers of two up to max_candidates.")
     max_body_bytes: int = Field(80 * 1024, ge=1, description="Largest accepted request body (payloads are < 67 KiB).")
+    max_working_pixels: int = Field(
+        4 * 1024 * 1024, ge=64 * 64,
+        description="Largest working size (w*h) a payload may ask for; extreme aspect ratios (e.g. 16384x1, working "
+        "8388608x512) get 422 instead of a multi-GB allocation.")
     drain_timeout_s: float = Field(120.0, gt=0, description="On shutdown, how long to wait for accepted requests.")
     disconnect_poll_s: float = Field(0.05, gt=0, description="How often a waiting request checks its client is still there.")
-    auth_token: str | None = Field(None, description="When set, /decode and /candidates need `Authorization: Bearer <token>` (health and metrics stay open).")
+    auth_token: SecretStr | None = Field(None, description="When set, /decode and /candidates need `Authorization: Bearer <token>` (health and metrics stay open).")
     output_quality: int = Field(95, ge=1, le=100, description="WebP/JPEG quality of decoded images.")
     load_in_background: bool = Field(True, description="Serve /health (503 not ready) while models load.")
     handle_sigterm: bool = Field(True, description="Turn not-ready (503) the moment SIGTERM arrives, before uvicorn drains.")

@@ -30,6 +30,7 @@ from services.http_errors import (
     QueueFullError,
     UnauthorizedError,
     UpstreamError,
+    bearer_token_ok,
     install_error_handlers,
 )
 from services.imaging import ACCEPTED_CONTENT_TYPES, load_image
@@ -101,7 +102,7 @@ def create_app(settings: EncoderSettings | None = None, http_transport: httpx.As
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        headers = {"Authorization": f"Bearer {settings.decoder_token}"} if settings.decoder_token else {}
+        headers = {"Authorization": f"Bearer {settings.decoder_token.get_secret_value()}"} if settings.decoder_token else {}
         app.state.decoder = httpx.AsyncClient(
             timeout=settings.decoder_timeout_s, headers=headers, transport=http_transport)
         if settings.warmup:
@@ -134,7 +135,7 @@ def create_app(settings: EncoderSettings | None = None, http_transport: httpx.As
         candidates: int = Query(0, ge=0, le=MAX_CANDIDATE, description="N candidates to choose from (power of two); 0 = off."),
         candidate_fallback: bool | None = Query(None, description="Encode without selection when the decoder is unreachable."),
     ) -> Response:
-        if settings.auth_token and request.headers.get("authorization") != f"Bearer {settings.auth_token}":
+        if not bearer_token_ok(request.headers.get("authorization"), settings.auth_token):
             metrics.rejected("unauthorized")
             raise UnauthorizedError("missing or wrong bearer token; send Authorization: Bearer <token>")
         if state["draining"]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import msgpack
 from PIL import Image
 
+from services.bitstream import MAX_CANDIDATE
 from services.errors import ModelUnavailableError
 from services.http_errors import UpstreamError
 
@@ -83,7 +84,9 @@ def get_scorer(model_id: str, device: str, revision: str | None = None) -> Candi
 def unpack_candidates(body: bytes, n: int) -> list[Image.Image]:
     """Images of a decoder /candidates response, checked against the count asked for."""
     try:
-        message = msgpack.unpackb(body, raw=False)
+        # Explicit limits: a map of three short keys, at most MAX_CANDIDATE images (bins are bounded by the body).
+        message = msgpack.unpackb(body, raw=False, max_map_len=3, max_array_len=MAX_CANDIDATE, max_str_len=16,
+                                  max_ext_len=0)
         indices, images = message["indices"], message["images"]
         if list(indices) != list(range(1, n + 1)) or len(images) != n:
             raise ValueError(f"expected candidates 1..{n}, got {indices}")

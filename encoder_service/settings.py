@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.settings import CodecSettings
@@ -19,14 +19,14 @@ class EncoderSettings(BaseSettings):
     max_waiting_encodes: int = Field(16, ge=0, description="Encodes waiting for a slot before 429.")
     retry_after_s: float = Field(2.0, gt=0, description="Retry-After sent with 429.")
     decoder_url: str | None = Field(None, description="Decoder service base URL for candidate selection (e.g. http://decoder:8002).")
-    decoder_token: str | None = Field(None, description="Bearer token sent to the decoder, if it requires one.")
+    decoder_token: SecretStr | None = Field(None, description="Bearer token sent to the decoder, if it requires one.")
     decoder_timeout_s: float = Field(300.0, gt=0, description="Timeout of one /candidates call to the decoder.")
     candidate_fallback: bool = Field(False, description="Default of ?candidate_fallback: encode without selection when the decoder is unreachable.")
     max_candidates: int = Field(8, ge=1, le=64, description="Largest ?candidates=N accepted (a power of two).")
     selection_clip_model: str | None = Field(None, description="transformers CLIPModel (hub id or folder) scoring candidates; default: the codec's clip_model.")
     selection_clip_revision: str | None = Field(None, description="Hub revision (commit) of the selection CLIP model; None = the default branch.")
     warmup: bool = Field(False, description="Encode a small synthetic image in the lifespan so models are loaded before ready.")
-    auth_token: str | None = Field(None, description="When set, /encode needs `Authorization: Bearer <token>`.")
+    auth_token: SecretStr | None = Field(None, description="When set, /encode needs `Authorization: Bearer <token>`.")
     codec: CodecSettings = Field(default_factory=CodecSettings, description="Codec settings (TEXTSKETCH_* env).")
 
     def upload_limits(self) -> tuple[int, int]:

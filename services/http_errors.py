@@ -36,8 +36,11 @@ content type, body size) is well formed; its content does not decode.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import math
+
+from pydantic import SecretStr
 
 from services.errors import (
     BitstreamError,
@@ -123,6 +126,21 @@ _TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (UpstreamError, 502, "upstream_unavailable"),
     (ModelUnavailableError, 503, "model_unavailable"),
 )
+
+
+def bearer_token_ok(authorization: str | None, token: SecretStr | str | None) -> bool:
+    """True when no token is configured or ``authorization`` is ``Bearer <token>``.
+
+    Compared in constant time (``hmac.compare_digest``) on the UTF-8 bytes, so the
+    answer time says nothing about how much of a guess was right, and non-ASCII
+    headers are a plain mismatch rather than an error.
+    """
+    if isinstance(token, SecretStr):
+        token = token.get_secret_value()
+    if not token:
+        return True
+    expected = f"Bearer {token}".encode()
+    return hmac.compare_digest((authorization or "").encode("utf-8", "surrogateescape"), expected)
 
 
 def status_for(exc: BaseException) -> tuple[int, str]:

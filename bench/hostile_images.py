@@ -1,0 +1,114 @@
+"""Hostile image uploads against a real encoder process: status, answer time and the server's peak memory growth.
+
+A real uvicorn encoder on 127.0.0.1 (tiny profile, ``prompt_source=given`` so the
+prompt stage needs no model; the real sketch stage runs). For every image of
+``tests.reliability_fixtures.hostile_images`` (plus a legal 36 Mpx flat PNG, the
+largest image the default 40 Mpx limit lets through, as the bounded worst case)
+the script resets the process's peak-RSS mark (``/proc/<pid>/clear_refs``,
+Linux), sends the upload ``--repeat`` times, and reads ``VmHWM``: peak growth =
+peak RSS during the requests - RSS before them.
+
+    python bench/hostile_images.py --repeat 3
+
+Prints a table and writes ``bench/out/hostile_images.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import httpx
+from PIL import Image
+
+from tests.reliability_fixtures import HostileImage, hostile_images, start_process
+
+
+def proc_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def reset_peak(pid: int) -> None:
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+
+
+def flat_png(side: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), (120, 140, 160)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--max-upload-bytes", type=int, default=32 * 1024 * 1024)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "hostile_images.json")
+    args = parser.parse_args()
+
+    items = hostile_images(args.max_upload_bytes)
+    items.append(HostileImage("legal_flat_png_6000x6000", flat_png(6000), "image/png", (200,)))
+    work = Path(tempfile.mkdtemp(prefix="hostile-images-"))
+    env = {"TEXTSKETCH_CACHE_DIR": os.environ.get("TEXTSKETCH_CACHE_DIR", str(work / "cache")),
+           "TEXTSKETCH_ENCODER_MAX_UPLOAD_BYTES": str(args.max_upload_bytes)}
+    service = start_process("encoder_service.app:create_app", env, work)
+    rows = []
+    try:
+        service.wait_ready(300)
+        pid = service.process.pid
+        with httpx.Client(timeout=300) as client:
+            # one ordinary encode first, so lazily imported code is not counted against the first hostile image
+            client.post(f"{service.url}/encode", params={"prompt_source": "given", "text": "warm"},
+                        content=items[-2].data, headers={"Content-Type": "image/png"})
+            for item in items:
+                headers = {"Content-Type": item.content_type} if item.content_type else {}
+                rss_before = proc_kb(pid, "VmRSS")
+                reset_peak(pid)
+                statuses, times, detail = [], [], ""
+                for _ in range(args.repeat):
+                    start = time.perf_counter()
+                    response = client.post(f"{service.url}/encode", params={"prompt_source": "given", "text": "a house"},
+                                           content=item.data, headers=headers)
+                    times.append(time.perf_counter() - start)
+                    statuses.append(response.status_code)
+                    if response.status_code != 200:
+                        detail = response.json().get("detail", "")
+                peak = proc_kb(pid, "VmHWM")
+                rows.append({"image": item.name, "upload_bytes": len(item.data), "statuses": sorted(set(statuses)),
+                             "expected": list(item.expected), "ok": all(s in item.expected for s in statuses),
+                             "seconds_max": round(max(times), 3), "peak_growth_mb": round((peak - rss_before) / 1024, 1),
+                             "rss_mb_before": round(rss_before / 1024, 1), "detail": detail[:120]})
+                row = rows[-1]
+                print(f"{row['image']:30s} {row['statuses']!s:8s} ok={row['ok']!s:5s} "
+                      f"{row['seconds_max']:7.3f} s  peak +{row['peak_growth_mb']:7.1f} MB  {row['detail'][:70]}")
+        ready = httpx.get(f"{service.url}/health/ready", timeout=10).status_code
+    finally:
+        service.stop()
+    refused = [r for r in rows if 200 not in r["expected"]]
+    summary = {"command": " ".join(sys.argv), "repeat": args.repeat, "max_upload_bytes": args.max_upload_bytes,
+               "max_image_pixels": 40_000_000, "all_ok": all(r["ok"] for r in rows), "ready_after": ready,
+               "refused_max_seconds": max(r["seconds_max"] for r in refused),
+               "refused_max_peak_growth_mb": max(r["peak_growth_mb"] for r in refused),
+               "accepted_max_peak_growth_mb": max(r["peak_growth_mb"] for r in rows if 200 in r["expected"]),
+               "rows": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(summary, indent=1))
+    print({k: v for k, v in summary.items() if k != "rows"})
+    print(f"wrote {args.out}")
+    return 0 if summary["all_ok"] and ready == 200 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
