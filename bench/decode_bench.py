@@ -116,15 +116,17 @@ def main() -> None:
     parser.add_argument("--working", default=None, help="override the working WxH (e.g. 64x64 for a smoke run)")
     parser.add_argument("--steps", type=int, default=None, help="default: the profile's steps")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--deterministic", action="store_true")
-    parser.add_argument("--deterministic-batch-size", type=int, default=4)
+    parser.add_argument("--deterministic", choices=["auto", "on", "off"], default="auto",
+                        help="fixed pipeline batch size: auto = on for CPU (size 1), off for CUDA")
+    parser.add_argument("--deterministic-batch-size", type=int, default=None)
     parser.add_argument("--check-identity", action="store_true", help="compare the largest batch with decoding alone")
     parser.add_argument("--cache-dir", default=None)
     args = parser.parse_args()
 
     name = args.full_size or "tiny"
     profile = get_profile(name)
-    settings = CodecSettings(profile=name, device=args.device, deterministic=args.deterministic,
+    deterministic = {"auto": None, "on": True, "off": False}[args.deterministic]
+    settings = CodecSettings(profile=name, device=args.device, deterministic=deterministic,
                              deterministic_batch_size=args.deterministic_batch_size,
                              **({"cache_dir": args.cache_dir} if args.cache_dir else {}))
     reconstructor = Reconstructor(profile, settings)
@@ -169,18 +171,18 @@ def main() -> None:
         batched = [np.asarray(image, np.int16) for image in reconstructor.decode_batch(jobs)]
         alone = [np.asarray(reconstructor.decode_batch([job])[0], np.int16) for job in jobs]
         diffs = [np.abs(a - b) for a, b in zip(batched, alone)]
-        identity = {"batch": len(jobs), "deterministic": args.deterministic,
+        identity = {"batch": len(jobs), "deterministic": reconstructor.deterministic,
                     "max_abs_diff": int(max(d.max() for d in diffs)),
                     "differing_values_pct": round(100 * float(np.mean([np.mean(d > 0) for d in diffs])), 4),
                     "bit_identical_jobs": sum(int(d.max() == 0) for d in diffs)}
-        print(f"batch-vs-alone ({identity['batch']} jobs, deterministic={args.deterministic}): max |diff| "
+        print(f"batch-vs-alone ({identity['batch']} jobs, deterministic={reconstructor.deterministic}): max |diff| "
               f"{identity['max_abs_diff']} levels, {identity['differing_values_pct']}% of values differ, "
               f"{identity['bit_identical_jobs']}/{identity['batch']} jobs bit-identical")
         for row in rows:
             row.update({f"identity_{key}": value for key, value in identity.items()})
 
     OUT.mkdir(parents=True, exist_ok=True)
-    stem = OUT / f"decode_bench_{name}_{device.split(':')[0]}_{mode.name.lower()}{'_det' if args.deterministic else ''}"
+    stem = OUT / f"decode_bench_{name}_{device.split(':')[0]}_{mode.name.lower()}{'_det' if reconstructor.deterministic else ''}"
     with open(f"{stem}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -20,12 +20,29 @@ import numpy as np
 from PIL import Image
 
 from services.bitstream import Mode, Payload, derive_seed, parse
+from services.errors import BitstreamError, ImageTooLargeError
 from services.imaging import resize
 from services.profiles import ModelProfile, check_served
 from services.settings import CodecSettings
 
 if TYPE_CHECKING:
     from services.reconstruction import DecodeJob, Reconstructor
+
+
+DEFAULT_MAX_WORKING_PIXELS = 4 * 1024 * 1024  # 2048x2048: far above any real profile's 512-short-side size
+
+
+def check_working_size(payload: Payload, profile: ModelProfile, max_working_pixels: int) -> None:
+    """Refuse payloads whose working size is over the limit, before anything is allocated at that size.
+
+    Every side of the original is legal on its own, but an extreme aspect ratio
+    (16384x1) scales to a multi-gigapixel working size.
+    """
+    working_w, working_h = profile.working_size(payload.width, payload.height)
+    if working_w * working_h > max_working_pixels:
+        raise BitstreamError(
+            f"invalid payload: {payload.width}x{payload.height} needs a {working_w}x{working_h} working size, over "
+            f"this decoder's {max_working_pixels}-pixel limit; use a less extreme aspect ratio")
 
 
 @dataclass(frozen=True)
@@ -79,6 +96,10 @@ def encode_image(image: Image.Image, settings: CodecSettings, options: EncodeOpt
     profile = settings.model_profile()
     image = image.convert("RGB")
     working_w, working_h = profile.working_size(image.width, image.height)
+    if working_w * working_h > settings.max_image_pixels:
+        raise ImageTooLargeError(
+            f"a {image.width}x{image.height} image needs a {working_w}x{working_h} working size, over the "
+            f"{settings.max_image_pixels}-pixel limit; crop it to a less extreme aspect ratio")
     working = resize(image, working_w, working_h)
 
     source = options.prompt_source or settings.prompt_source
@@ -105,7 +126,12 @@ def encode_image(image: Image.Image, settings: CodecSettings, options: EncodeOpt
     return EncodeResult(payload=payload, data=payload.to_bytes(), prompt_ids=prompt_ids, sketch=sketch)
 
 
-def payload_to_job(payload: Payload, profile: ModelProfile, candidate: int | None = None) -> DecodeJob:
+def payload_to_job(
+    payload: Payload,
+    profile: ModelProfile,
+    candidate: int | None = None,
+    max_working_pixels: int = DEFAULT_MAX_WORKING_PIXELS,
+) -> DecodeJob:
     """Everything the diffusion stage needs for one payload, checked and decoded.
 
     ``candidate`` overrides the payload's own candidate index (candidate rendering).
@@ -117,6 +143,7 @@ def payload_to_job(payload: Payload, profile: ModelProfile, candidate: int | Non
     from services.text_coding import decode_token_ids
 
     check_served(payload.profile, profile)
+    check_working_size(payload, profile, max_working_pixels)
     working_w, working_h = profile.working_size(payload.width, payload.height)
     token_ids = tuple(decode_token_ids(payload.prompt))
     control = None

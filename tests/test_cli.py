@@ -57,3 +57,11 @@ def test_in_process_round_trip_with_tiny_profile(tmp_path, kodak_dir, capsys):
     assert main(["decode", str(payload_file), "-o", str(image_file)]) == 0
     with Image.open(image_file) as image:
         assert image.size == (768, 512)
+
+
+def test_extreme_aspect_ratio_is_refused_before_allocating(tmp_path, capsys):
+    strip = tmp_path / "strip.png"
+    Image.new("RGB", (16000, 2)).save(strip)
+    assert main(["encode", str(strip), "-o", str(tmp_path / "s.bin"), "--profile", "tiny",
+                 "--prompt-source", "given", "--text", "x"]) == 1
+    assert "aspect ratio" in capsys.readouterr().err
