@@ -4,9 +4,13 @@ A bitmap is walked in raster order. The first unvisited 1-pixel starts a path;
 the path is followed forward, then backward from its start, one 8-neighbour at
 a time, and every pixel it passes is marked visited. Coded symbols:
 
-* ``skip``: how many *unvisited* pixels lie between the previous start and this
-  one, as ``v = skip + 1`` (``v = 0`` ends the map): the bit length of ``v`` with
-  an adaptive model, then its lower bits uniformly;
+* the kind of the next path start: END (no more paths), NEW (a pixel that
+  touches no visited pixel: usually a new 8-connected piece) or BRANCH (a pixel
+  next to a visited one: a branch off a path already coded);
+* ``skip``, as ``v = skip + 1``: for NEW, how many unvisited pixels that touch
+  no visited pixel lie between the previous start and this one; for BRANCH, how
+  many unvisited pixels that touch a visited one do. The bit length of ``v``
+  has an adaptive model per kind; its lower bits are uniform;
 * the first move of each direction (an absolute direction, or STOP);
 * every further move as a turn relative to the last direction (0, +-45, +-90,
   +-135 degrees) or STOP, in a context of the last turn and whether the last move
@@ -17,7 +21,8 @@ pixel, or into a pixel before the path's start in raster order, which must be 0)
 are removed from the alphabet; when no move is possible STOP is implied and not
 coded. Encoder and decoder run the same ``_walk``, so they cannot drift apart.
 
-Probability models are integer counts (initialised from small fixed integers,
+Probability models are integer counts (initialised from fixed integer tables,
+``PRIORS``, fitted once on Kodak HED maps by ``bench/sketch_priors.py``;
 incremented by ``INCREMENT``, halved above ``LIMIT``). constriction receives
 them as float64 arrays holding those small integers, which are exact, and
 quantises them with its fixed-point ``Categorical(perfect=False)``; no float
@@ -44,10 +49,38 @@ MAX_LENGTH_BITS = 40  # bit length of ``skip + 1``; plenty for any permitted ske
 INCREMENT = 16
 LIMIT = 1 << 13
 
-# Initial integer counts (a mild prior: chains tend to go straight and be long).
-_TURN_PRIOR = (12, 6, 6, 2, 2, 1, 1, 2)
-_FIRST_PRIOR = (3, 2, 2, 2, 3, 3, 3, 3, 2)
-_LENGTH_PRIOR = tuple([1] * (MAX_LENGTH_BITS + 1))
+END, NEW, BRANCH = 0, 1, 2  # kinds of the next path start
+
+# Initial integer counts per table (part of the wire format: changing them needs a new body
+# version). Fitted by bench/sketch_priors.py on the symbols coded for the 24 Kodak HED maps at
+# levels 0-3: frequencies scaled to about 64 observations (x INCREMENT), at least 1; turn tables
+# smoothed towards all turns pooled. Index = symbol: kind END/NEW/BRANCH; length tables by bit
+# length 0..40 (0 unused); first moves E, NE, N, NW, W, SW, S, SE, STOP; turns in TURNS order + STOP;
+# turn tables by context last_turn * 2 + last_move_diagonal (last_turn 7 = "first move").
+_ONES = (1,) * 28
+PRIORS: dict[str, tuple[int, ...]] = {
+    "kind": (16, 323, 684),
+    "length_new": (1, 14, 62, 82, 93, 135, 166, 161, 137, 95, 52, 25, 3) + _ONES,
+    "length_branch": (1, 5, 87, 118, 182, 248, 232, 128, 20, 2, 1, 1, 1) + _ONES,
+    "first0": (321, 1, 1, 1, 1, 120, 304, 179, 102),
+    "first1": (7, 1, 1, 1, 1, 168, 1, 5, 845),
+    "turn0": (763, 100, 95, 1, 1, 1, 1, 64),
+    "turn1": (362, 277, 243, 56, 35, 1, 2, 49),
+    "turn2": (579, 127, 246, 1, 1, 1, 8, 62),
+    "turn3": (262, 307, 329, 24, 39, 1, 1, 64),
+    "turn4": (591, 285, 79, 1, 2, 1, 1, 66),
+    "turn5": (261, 430, 216, 38, 16, 1, 1, 64),
+    "turn6": (572, 167, 102, 5, 4, 1, 1, 173),
+    "turn7": (265, 153, 338, 68, 58, 2, 1, 140),
+    "turn8": (524, 200, 183, 4, 3, 1, 1, 108),
+    "turn9": (241, 278, 148, 128, 93, 1, 1, 136),
+    "turn10": (456, 143, 249, 11, 9, 1, 1, 155),
+    "turn11": (398, 124, 217, 31, 7, 1, 1, 244),
+    "turn12": (425, 319, 116, 10, 8, 1, 1, 145),
+    "turn13": (397, 214, 69, 24, 3, 1, 1, 317),
+    "turn14": (670, 79, 143, 3, 5, 1, 1, 124),
+    "turn15": (254, 281, 230, 46, 31, 1, 1, 182),
+}
 
 _CATEGORICAL = cmodel.Categorical(perfect=False)
 
@@ -55,10 +88,11 @@ _CATEGORICAL = cmodel.Categorical(perfect=False)
 class AdaptiveTable:
     """Integer symbol counts for one context."""
 
-    __slots__ = ("counts",)
+    __slots__ = ("counts", "name")
 
-    def __init__(self, prior: tuple[int, ...]) -> None:
-        self.counts = list(prior)
+    def __init__(self, name: str) -> None:
+        self.counts = list(PRIORS[name])
+        self.name = name
 
     def probabilities(self, alphabet: list[int]) -> np.ndarray:
         return np.array([[self.counts[s] for s in alphabet]], dtype=np.float64)
@@ -73,7 +107,8 @@ class AdaptiveTable:
 class _Coder:
     """One side of the range coder: ``code`` encodes ``symbol`` or, when decoding, returns one."""
 
-    def __init__(self, words: np.ndarray | None = None) -> None:
+    def __init__(self, words: np.ndarray | None = None, record: list | None = None) -> None:
+        self.record = record  # encoder only: (table name, symbol) of every modelled symbol
         self.decoding = words is not None
         self.stream = cqueue.RangeDecoder(words) if self.decoding else cqueue.RangeEncoder()
 
@@ -84,6 +119,8 @@ class _Coder:
             symbol = alphabet[int(self.stream.decode(_CATEGORICAL, probs)[0])]
         else:
             self.stream.encode(np.array([alphabet.index(symbol)], dtype=np.int32), _CATEGORICAL, probs)
+            if self.record is not None:
+                self.record.append((table.name, symbol))
         table.update(symbol)
         return symbol
 
@@ -104,10 +141,11 @@ class _Coder:
 
 class _Tables:
     def __init__(self) -> None:
-        self.length = AdaptiveTable(_LENGTH_PRIOR)
-        self.first = [AdaptiveTable(_FIRST_PRIOR), AdaptiveTable(_FIRST_PRIOR)]  # forward, backward
+        self.kind = AdaptiveTable("kind")
+        self.length = {NEW: AdaptiveTable("length_new"), BRANCH: AdaptiveTable("length_branch")}
+        self.first = [AdaptiveTable("first0"), AdaptiveTable("first1")]  # forward, backward
         # Context of a turn: the last turn (or "first move") and whether the last move was diagonal.
-        self.turn = [AdaptiveTable(_TURN_PRIOR) for _ in range((len(TURNS) + 1) * 2)]
+        self.turn = [AdaptiveTable(f"turn{i}") for i in range((len(TURNS) + 1) * 2)]
 
     def turn_table(self, last_turn: int, last_dir: int) -> AdaptiveTable:
         return self.turn[last_turn * 2 + (last_dir & 1)]
@@ -118,12 +156,16 @@ def _walk(coder: _Coder, width: int, height: int, bits: np.ndarray | None) -> li
 
     The walk runs on a grid padded by one pixel on each side whose border is
     marked visited, so neighbour moves need no bounds checks; padded raster
-    order is the same as the map's raster order.
+    order is the same as the map's raster order. ``near`` marks cells that are
+    visited or touch a visited pixel (NEW starts are counted among the others);
+    ``touching`` marks unvisited cells that touch a visited pixel (BRANCH starts).
     """
     stride = width + 2
     visited = bytearray([1]) * (stride * (height + 2))
     for y in range(height):
         visited[(y + 1) * stride + 1 : (y + 1) * stride + 1 + width] = bytes(width)
+    near = bytearray(visited)
+    touching = bytearray(len(visited))
     flat = None
     ones: list[int] = []
     if bits is not None:
@@ -134,30 +176,61 @@ def _walk(coder: _Coder, width: int, height: int, bits: np.ndarray | None) -> li
     offsets = tuple(dy * stride + dx for dx, dy in DIRECTIONS)
     next_one = 0
     tables = _Tables()
-    lengths = list(range(MAX_LENGTH_BITS + 1))
+    kinds = [END, NEW, BRANCH]
+    lengths = list(range(1, MAX_LENGTH_BITS + 1))
     paths: list[list[int]] = []
     pos = 0
     while True:
-        value = None  # skip + 1, or 0 for "no more paths"
+        kind = value = None  # value = skip + 1
         if flat is not None:
             while next_one < len(ones) and visited[ones[next_one]]:
                 next_one += 1
             if next_one == len(ones):
-                value = 0
+                kind = END
             else:
                 start = ones[next_one]
-                value = start - pos - visited.count(1, pos, start) + 1
-        n_bits = coder.code(tables.length, lengths, None if value is None else value.bit_length())
-        if n_bits == 0:
+                if near[start]:
+                    kind, value = BRANCH, touching.count(1, pos, start) + 1
+                else:
+                    kind, value = NEW, start - pos - near.count(1, pos, start) + 1
+        kind = coder.code(tables.kind, kinds, kind)
+        if kind == END:
             return [[(q // stride - 1) * width + q % stride - 1 for q in path] for path in paths]
+        n_bits = coder.code(tables.length[kind], lengths, None if value is None else value.bit_length())
         skip = ((1 << (n_bits - 1)) | coder.code_bits(value, n_bits - 1)) - 1
         if flat is None:
-            start = _nth_unvisited(visited, pos, skip)
+            start = _nth_unvisited(near, pos, skip) if kind == NEW else _nth_set(touching, pos, skip)
         visited[start] = 1
         pos = start + 1
         forward = _chain(coder, tables, 0, start, offsets, visited, flat)
         backward = _chain(coder, tables, 1, start, offsets, visited, flat)
-        paths.append(backward[::-1] + [start] + forward)
+        path = backward[::-1] + [start] + forward
+        paths.append(path)
+        for p in path:
+            touching[p] = 0
+            near[p] = 1
+            for o in offsets:
+                if not visited[p + o]:
+                    touching[p + o] = 1
+                    near[p + o] = 1
+
+
+def _nth_set(cells: bytearray, pos: int, skip: int) -> int:
+    """Index of the ``skip``-th (0-based) set cell at or after ``pos``: galloping, then bisection
+    on C-speed counts (a corrupt ``skip`` costs at most a few passes over the map)."""
+    if cells.count(1, pos) <= skip:
+        raise BitstreamError("corrupt sketch body: a path starts beyond the end of the map")
+    width = skip + 1
+    while cells.count(1, pos, pos + width) <= skip:
+        width *= 2
+    low, high = pos + skip, pos + width  # the answer is in [low, high)
+    while low < high:
+        mid = (low + high) // 2
+        if cells.count(1, pos, mid + 1) > skip:
+            high = mid
+        else:
+            low = mid + 1
+    return low
 
 
 def _nth_unvisited(visited: bytearray, pos: int, skip: int) -> int:
@@ -216,10 +289,12 @@ def _chain(coder, tables, side, start, offsets, visited, flat) -> list[int]:
         pixels.append(current)
 
 
-def encode_bitmap(bits: np.ndarray) -> tuple[bytes, list[list[int]]]:
-    """Code a boolean H x W map; return the coded bytes (big-endian words, trailing zeros cut) and its paths."""
+def encode_bitmap(bits: np.ndarray, record: list | None = None) -> tuple[bytes, list[list[int]]]:
+    """Code a boolean H x W map; return the coded bytes (big-endian words, trailing zeros cut) and its paths.
+
+    ``record``, if given, receives ``(table name, symbol)`` for every modelled symbol (prior fitting)."""
     height, width = bits.shape
-    coder = _Coder()
+    coder = _Coder(record=record)
     paths = _walk(coder, width, height, bits)
     return coder.stream.get_compressed().astype(">u4").tobytes().rstrip(b"\0"), paths
 

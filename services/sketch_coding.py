@@ -15,7 +15,7 @@ Body layout (the working size comes from the payload, so it is not stored):
 ======  =======  ==========================================================
 offset  size     field
 ======  =======  ==========================================================
-0       1        header: bits 7..5 version (1), bits 4..0 quality level
+0       1        header: bits 7..5 version (2), bits 4..0 quality level
 1       2        check: CRC-32 of (header, packed bitmap) & 0xFFFF, big-endian
 3       0..n     range-coder words, big-endian, trailing zero bytes removed
 ======  =======  ==========================================================
@@ -42,7 +42,7 @@ from services.errors import BitstreamError
 from services.profiles import SketchKind
 from services.sketch_lossy import LEVELS, QUALITY_LEVELS, QualityLevel, lossy_bitmap, low_res_size
 
-VERSION = 1
+VERSION = 2  # 2: typed path starts and fitted initial counts (version 1 bodies are not decoded)
 HEADER_BYTES = 3
 MAX_WORKING_PIXELS = 16 * 1024 * 1024
 PRUNE_STEPS = 5  # byte-budget search: codings tried when dropping the weakest chains
@@ -84,7 +84,10 @@ def parse_header(body: bytes) -> int:
         raise BitstreamError(f"sketch body too short: it needs at least {HEADER_BYTES} bytes; re-encode the image")
     header = body[0]
     if header >> 5 != VERSION:
-        raise BitstreamError(f"unsupported sketch version {header >> 5}; this decoder reads version {VERSION}")
+        raise BitstreamError(
+            f"unsupported sketch version {header >> 5}; this decoder reads version {VERSION}: "
+            "re-encode the image with this version of textsketch"
+        )
     quality = header & 0x1F
     if quality not in QUALITY_LEVELS:
         raise BitstreamError(f"unknown sketch quality level {quality} (known: 0..{len(LEVELS) - 1})")

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from services.chain_coding import decode_bitmap, encode_bitmap
+from services.chain_coding import BRANCH, END, LIMIT, NEW, PRIORS, decode_bitmap, encode_bitmap
 from services.errors import BitstreamError
 from services.profiles import SketchKind
 from services.sketch_coding import (
@@ -92,10 +92,32 @@ def test_sketch_round_trips_random_edge_maps(quality, seed, kind):
     assert decode_sketch(body, 88, 72).shape == (72, 88)
 
 
+def test_initial_counts_are_small_positive_integers():
+    """The fitted tables must stay exact in float64 and below the halving limit."""
+    sizes = {"kind": 3, "length_new": 41, "length_branch": 41, "first0": 9, "first1": 9}
+    sizes.update({f"turn{i}": 8 for i in range(16)})
+    assert {name: len(table) for name, table in PRIORS.items()} == sizes
+    assert all(type(c) is int and 1 <= c < LIMIT for table in PRIORS.values() for c in table)
+
+
+def test_path_starts_are_typed_new_or_branch():
+    """A cross: the vertical bar and the left arm start away from visited pixels (NEW; raster order
+    meets the left arm's far end first), the right arm starts next to the bar (BRANCH)."""
+    bits = np.zeros((9, 9), dtype=bool)
+    bits[1:8, 4] = True
+    bits[4, 1:8] = True
+    record: list = []
+    data, paths = encode_bitmap(bits, record=record)
+    kinds = [symbol for name, symbol in record if name == "kind"]
+    assert kinds == [NEW, NEW, BRANCH, END]
+    assert np.array_equal(decode_bitmap(data, 9, 9)[0], bits)
+    assert sum(len(p) for p in paths) == int(bits.sum())
+
+
 def test_golden_coded_sketch():
     """Pins the wire format: the stored body decodes to the stored map, and the encoder still emits it."""
     edges = synthetic_edges()
-    body_path, map_path = GOLDEN / "sketch_v1_q2.bin", GOLDEN / "sketch_v1_q2.png"
+    body_path, map_path = GOLDEN / "sketch_v2_q2.bin", GOLDEN / "sketch_v2_q2.png"
     if REGEN:
         body = encode_sketch(edges, SketchKind.HED, quality=2)
         body_path.write_bytes(body)
@@ -198,10 +220,11 @@ def test_single_byte_corruptions_raise_bitstream_error_or_change_nothing():
 
 def test_header_errors_say_what_is_wrong():
     body = bytearray(_golden_like_body())
-    body[0] = (2 << 5) | 2
-    with pytest.raises(BitstreamError, match="unsupported sketch version 2"):
-        decode_sketch(bytes(body), W, H)
-    body[0] = (1 << 5) | 31
+    for version in (1, 3):  # 1: the retired format (untyped starts, flat initial counts)
+        body[0] = (version << 5) | 2
+        with pytest.raises(BitstreamError, match=f"unsupported sketch version {version}.*re-encode"):
+            decode_sketch(bytes(body), W, H)
+    body[0] = (2 << 5) | 31
     with pytest.raises(BitstreamError, match="unknown sketch quality level 31"):
         decode_sketch(bytes(body), W, H)
     with pytest.raises(BitstreamError, match="too short"):
