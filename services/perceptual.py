@@ -90,8 +90,8 @@ class ClipDistance:
         self.model_id = settings.clip_model
         self.device = resolve_device(settings)
         try:
-            self.processor = CLIPImageProcessor.from_pretrained(self.model_id)
-            model = CLIPModel.from_pretrained(self.model_id)
+            self.processor = CLIPImageProcessor.from_pretrained(self.model_id, revision=settings.clip_revision)
+            model = CLIPModel.from_pretrained(self.model_id, revision=settings.clip_revision)
         except Exception as exc:  # noqa: BLE001 - OSError offline / missing folder, ValueError for a bad config
             raise _unavailable(
                 "clip_distance",

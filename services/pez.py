@@ -77,12 +77,12 @@ def resolve_device(setting: str) -> torch.device:
 class PezInverter:
     """A CLIP model loaded once; ``invert`` runs PEZ on one image."""
 
-    def __init__(self, model_id: str, device: torch.device):
+    def __init__(self, model_id: str, device: torch.device, revision: str | None = None):
         from transformers import AutoImageProcessor, CLIPModel
 
         try:
-            self.processor = AutoImageProcessor.from_pretrained(model_id)
-            self.model = CLIPModel.from_pretrained(model_id).to(device).eval()
+            self.processor = AutoImageProcessor.from_pretrained(model_id, revision=revision)
+            self.model = CLIPModel.from_pretrained(model_id, revision=revision).to(device).eval()
         except OSError as exc:
             raise ModelUnavailableError(
                 f"cannot load the CLIP model {model_id!r} for PEZ: {exc}. Set TEXTSKETCH_CLIP_MODEL to a local "

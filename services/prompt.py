@@ -44,12 +44,12 @@ def parse_source(source: PromptSource | str) -> PromptSource:
 class Captioner:
     """An image-to-text model (BLIP by default) with its processor, greedy decoding."""
 
-    def __init__(self, model_id: str, device):
+    def __init__(self, model_id: str, device, revision: str | None = None):
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         try:
-            self.processor = AutoProcessor.from_pretrained(model_id)
-            self.model = AutoModelForImageTextToText.from_pretrained(model_id).to(device).eval()
+            self.processor = AutoProcessor.from_pretrained(model_id, revision=revision)
+            self.model = AutoModelForImageTextToText.from_pretrained(model_id, revision=revision).to(device).eval()
         except (OSError, ValueError) as exc:
             raise ModelUnavailableError(
                 f"cannot load the caption model {model_id!r}: {exc}. Set TEXTSKETCH_CAPTION_MODEL to a local "
@@ -67,17 +67,17 @@ class Captioner:
 
 
 @functools.lru_cache(maxsize=2)
-def _captioner(model_id: str, device: str) -> Captioner:
-    return Captioner(model_id, device)
+def _captioner(model_id: str, device: str, revision: str | None = None) -> Captioner:
+    return Captioner(model_id, device, revision)
 
 
 @functools.lru_cache(maxsize=2)
-def _pez_inverter(model_id: str, device: str):
+def _pez_inverter(model_id: str, device: str, revision: str | None = None):
     import torch
 
     from services.pez import PezInverter
 
-    return PezInverter(model_id, torch.device(device))
+    return PezInverter(model_id, torch.device(device), revision)
 
 
 def _device(settings: CodecSettings) -> str:
@@ -89,14 +89,15 @@ def _device(settings: CodecSettings) -> str:
 def caption_text(image: Image.Image, settings: CodecSettings) -> str:
     """The caption model's text for ``image``."""
     model_id = resolve_model_id(settings.caption_model, "caption", settings.cache_dir)
-    return _captioner(model_id, _device(settings)).caption(image)
+    return _captioner(model_id, _device(settings), settings.caption_revision).caption(image)
 
 
 def pez_ids(image: Image.Image, settings: CodecSettings) -> list[int]:
     """PEZ token ids for ``image`` (``settings.pez_tokens`` of them)."""
     from services.pez import PezConfig
 
-    inverter = _pez_inverter(resolve_model_id(settings.clip_model, "clip", settings.cache_dir), _device(settings))
+    model_id = resolve_model_id(settings.clip_model, "clip", settings.cache_dir)
+    inverter = _pez_inverter(model_id, _device(settings), settings.clip_revision)
     return list(inverter.invert(image, PezConfig.from_settings(settings)).ids)[:MAX_PROMPT_TOKENS]
 
 

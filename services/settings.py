@@ -39,6 +39,8 @@ class CodecSettings(BaseSettings):
     prompt_source: str = Field("caption", description="Default prompt source: pez, caption or given.")
     caption_model: str = Field("Salesforce/blip-image-captioning-base", description="Image-to-text model for the caption source (hub id, local folder, or tiny).")
     clip_model: str = Field("laion/CLIP-ViT-H-14-laion2B-s32B-b79K", description="CLIP model PEZ inverts against and candidate selection scores with (hub id, local folder, or tiny).")
+    caption_revision: str | None = Field(None, description="Hub revision (commit hash) of the caption model; unset = the default branch.")
+    clip_revision: str | None = Field(None, description="Hub revision (commit hash) of the CLIP model; unset = the default branch.")
     pez_steps: int = Field(3000, ge=1, description="PEZ optimisation steps.")
     pez_tokens: int = Field(16, ge=1, le=75, description="PEZ prompt length in tokens.")
     pez_lr: float = Field(0.1, gt=0, description="PEZ AdamW learning rate.")

@@ -106,7 +106,8 @@ def _load(directory: str):
     path = Path(directory)
     if not (path / "vocab.json").is_file() or not (path / "merges.txt").is_file():
         write_tokenizer_files(path)
-    tokenizer = CLIPTokenizer.from_pretrained(str(path), model_max_length=MAX_PROMPT_TOKENS + 2)
+    # (bandit B615: a local folder written just above, not a hub download)
+    tokenizer = CLIPTokenizer.from_pretrained(str(path), model_max_length=MAX_PROMPT_TOKENS + 2)  # nosec B615
     if len(tokenizer) != VOCAB_SIZE or tokenizer.bos_token_id != BOS_ID or tokenizer.eos_token_id != EOS_ID:
         raise ModelUnavailableError(
             f"tokenizer files in {path} are not the CLIP vocabulary; delete the folder to rebuild them"

@@ -293,9 +293,8 @@ POISON_TOKEN = 4242
 
 def locally_valid(body: bytes, max_working_pixels: int) -> bool:
     """Whether a tiny-profile decoder should accept ``body`` (parse, size limit, prompt and sketch bodies)."""
-    from services.codec import check_working_size
     from services.bitstream import parse
-    from services.codec import payload_to_job
+    from services.codec import check_working_size, payload_to_job
     from services.errors import CodecError
     from services.profiles import get_profile
 

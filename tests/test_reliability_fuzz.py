@@ -13,9 +13,8 @@ import tracemalloc
 import httpx
 import pytest
 
-from services.codec import check_working_size
 from services.bitstream import Mode, Payload, parse
-from services.codec import payload_to_job
+from services.codec import check_working_size, payload_to_job
 from services.errors import BitstreamError, ProfileMismatchError
 from services.profiles import PROFILES_BY_ID, get_profile
 from services.text_coding import encode_token_ids
