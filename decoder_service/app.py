@@ -33,7 +33,7 @@ from services.http_errors import (
     install_error_handlers,
 )
 from services.imaging import encode_image
-from services.metrics import ServiceMetrics, install_request_metrics
+from services.metrics import ServiceMetrics, add_metrics_route, install_request_metrics
 
 log = logging.getLogger("textsketch.decoder")
 
@@ -219,11 +219,7 @@ def create_app(
         headers = {} if runtime.ready else {"Retry-After": "5"}
         return JSONResponse(body, status_code=200 if runtime.ready else 503, headers=headers)
 
-    @app.get("/metrics", summary="Prometheus metrics", response_class=Response,
-             responses={200: {"content": {"text/plain": {}}}})
-    async def metrics_route() -> Response:
-        data, content_type = metrics.exposition()
-        return Response(data, media_type=content_type)
+    add_metrics_route(app, metrics)
 
     return app
 

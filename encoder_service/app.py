@@ -34,7 +34,7 @@ from services.http_errors import (
     install_error_handlers,
 )
 from services.imaging import ACCEPTED_CONTENT_TYPES, load_image
-from services.metrics import ServiceMetrics, install_request_metrics
+from services.metrics import ServiceMetrics, add_metrics_route, install_request_metrics
 
 log = logging.getLogger("textsketch.encoder")
 
@@ -182,11 +182,7 @@ def create_app(settings: EncoderSettings | None = None, http_transport: httpx.As
         return JSONResponse({"status": "ready" if ok else ("draining" if state["draining"] else "loading")},
                             status_code=200 if ok else 503, headers={} if ok else {"Retry-After": "5"})
 
-    @app.get("/metrics", summary="Prometheus metrics", response_class=Response,
-             responses={200: {"content": {"text/plain": {}}}})
-    async def metrics_route() -> Response:
-        data, content_type = metrics.exposition()
-        return Response(data, media_type=content_type)
+    add_metrics_route(app, metrics)
 
     return app
 

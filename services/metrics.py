@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import time
 
+from fastapi import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from typing_extensions import Self
 
@@ -110,6 +111,15 @@ class _Timer:
 
     def __exit__(self, *exc) -> None:
         self._histogram.observe(time.perf_counter() - self._start)
+
+
+def add_metrics_route(app, metrics: ServiceMetrics) -> None:
+    """``GET /metrics``: the app's registry in the Prometheus text format."""
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response,
+             responses={200: {"content": {"text/plain": {}}}})
+    async def metrics_route() -> Response:
+        data, content_type = metrics.exposition()
+        return Response(data, media_type=content_type)
 
 
 def install_request_metrics(app, metrics: ServiceMetrics) -> None:
