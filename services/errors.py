@@ -34,3 +34,9 @@ class UnsupportedMediaError(ImageInputError):
 
 class ModelUnavailableError(CodecError):
     """Weights or a model a stage needs cannot be loaded (missing file, offline hub)."""
+
+
+class DecodeOutOfMemoryError(CodecError):
+    """A single decode job does not fit in accelerator memory even alone (after splitting)."""
+
+    retry_after_s = 30.0  # capacity, not the request: another decoder or a later try may fit it

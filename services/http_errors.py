@@ -27,6 +27,7 @@ DeadlineExceededError       504     deadline_exceeded       deadline passed whil
 RequestCancelledError       499     client_closed_request   client went away (never seen by it)
 UpstreamError               502/503 upstream_unavailable    decoder service unreachable / failed
 ModelUnavailableError       503     model_unavailable       weights cannot be loaded
+DecodeOutOfMemoryError      503     out_of_memory           + ``Retry-After``; one job alone did not fit
 anything else               500     internal_error          generic message; logged with traceback
 ==========================  ======  ======================  =====================================
 
@@ -45,6 +46,7 @@ from pydantic import SecretStr
 from services.errors import (
     BitstreamError,
     CodecError,
+    DecodeOutOfMemoryError,
     ImageInputError,
     ImageTooLargeError,
     ModelUnavailableError,
@@ -125,6 +127,7 @@ _TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (RequestCancelledError, 499, "client_closed_request"),
     (UpstreamError, 502, "upstream_unavailable"),
     (ModelUnavailableError, 503, "model_unavailable"),
+    (DecodeOutOfMemoryError, 503, "out_of_memory"),
 )
 
 

@@ -34,17 +34,13 @@ import numpy as np
 from PIL import Image
 
 from services.bitstream import Mode
-from services.errors import CodecError, ModelUnavailableError
+from services.errors import DecodeOutOfMemoryError, ModelUnavailableError
 from services.imaging import resize
 from services.profiles import ModelProfile
 from services.settings import CodecSettings
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-class DecodeOutOfMemoryError(CodecError):
-    """A single job does not fit in accelerator memory even alone."""
 
 
 @dataclass(frozen=True)

@@ -297,3 +297,10 @@ def test_openapi_documents_msgpack_bodies_and_image_responses(tmp_path):
     assert {"409", "422", "429", "503", "504"} <= set(decode["responses"])
     candidates = schema["paths"]["/candidates"]["post"]
     assert "application/msgpack" in candidates["responses"]["200"]["content"]
+
+
+def test_out_of_memory_maps_to_503_with_retry_after():
+    from services.errors import DecodeOutOfMemoryError
+    from services.http_errors import status_for
+
+    assert status_for(DecodeOutOfMemoryError("one job does not fit")) == (503, "out_of_memory")
