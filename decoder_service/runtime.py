@@ -15,10 +15,10 @@ from typing import Any
 
 from decoder_service.scheduler import BatchScheduler, SchedulerConfig, Ticket
 from decoder_service.settings import DecoderSettings
-from services.bitstream import Payload, derive_seed
+from services.bitstream import Payload
 from services.http_errors import DrainingError, NotReadyError, RequestCancelledError
 from services.metrics import ServiceMetrics
-from services.profiles import ModelProfile, check_served
+from services.profiles import ModelProfile
 
 log = logging.getLogger("textsketch.decoder")
 
@@ -136,15 +136,12 @@ class DecoderRuntime:
 
     def jobs_for(self, payload: Payload, candidates: Sequence[int] | None = None) -> list[Any]:
         """Decode jobs of a payload (CPU: token ids, sketch, control image); one per candidate index."""
-        from dataclasses import replace
+        from services.codec import candidate_jobs, payload_to_job
 
-        from services.codec import payload_to_job
-
-        check_served(payload.profile, self.profile)
-        job = payload_to_job(payload, self.profile, max_working_pixels=self.settings.max_working_pixels)
+        limit = self.settings.max_working_pixels
         if not candidates:
-            return [job]
-        return [replace(job, seed=derive_seed(payload, k)) for k in candidates]
+            return [payload_to_job(payload, self.profile, max_working_pixels=limit)]
+        return candidate_jobs(payload, self.profile, candidates, max_working_pixels=limit)
 
     def bucket_key(self, job: Any) -> tuple:
         return (int(self.profile.id), *job.bucket_key())

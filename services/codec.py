@@ -13,6 +13,7 @@ work without loading torch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -170,11 +171,18 @@ def decode_payload(data: bytes, reconstructor: Reconstructor) -> Image.Image:
     return reconstructor.decode_batch([job])[0]
 
 
-def candidate_jobs(data: bytes, profile: ModelProfile, n: int) -> list[DecodeJob]:
-    """The jobs for candidates 1..n of a payload (the published selection trick)."""
-    from services.bitstream import MAX_CANDIDATE
+def candidate_jobs(
+    payload: Payload,
+    profile: ModelProfile,
+    indices: Sequence[int],
+    max_working_pixels: int = DEFAULT_MAX_WORKING_PIXELS,
+) -> list[DecodeJob]:
+    """The jobs for the given candidate indices of a payload (the published selection trick).
 
-    if not 1 <= n <= MAX_CANDIDATE or n & (n - 1):
-        raise ValueError(f"candidates must be a power of two in 1..{MAX_CANDIDATE}, got {n}")
-    payload = parse(data)
-    return [payload_to_job(payload, profile, candidate=k) for k in range(1, n + 1)]
+    The prompt and sketch are decoded once; the jobs differ only in their seed, which
+    is the one the payload sent later with ``candidate=k`` derives.
+    """
+    from dataclasses import replace
+
+    job = payload_to_job(payload, profile, max_working_pixels=max_working_pixels)
+    return [replace(job, seed=derive_seed(payload, k)) for k in indices]

@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from services.bitstream import Mode, Payload, derive_seed
+from services.bitstream import Mode, Payload, derive_seed, parse
 from services.codec import candidate_jobs, decode_payload, payload_to_job
 from services.errors import ProfileMismatchError
 from services.profiles import ProfileId, get_profile
@@ -63,7 +63,7 @@ def test_job_carries_the_transmitted_ids_and_the_payload_seed(reconstructor):
 
 def test_candidate_k_rendered_in_a_batch_is_the_payload_sent_with_k(reconstructor):
     data = payload(Mode.PIC).to_bytes()
-    jobs = candidate_jobs(data, reconstructor.profile, 2)
+    jobs = candidate_jobs(parse(data), reconstructor.profile, [1, 2])
     rendered = reconstructor.render_candidates(jobs[0], [job.seed for job in jobs])
     sent = decode_payload(payload(Mode.PIC, candidate=2).to_bytes(), reconstructor)
     assert np.abs(pixels(rendered[1]) - pixels(sent)).max() <= 1  # CPU batch tolerance, see test_reconstruction
