@@ -26,3 +26,4 @@ serve: setup
 lint: setup
 	$(VENV)/bin/ruff check services encoder_service decoder_service bench tests
 	$(VENV)/bin/bandit -q -c pyproject.toml -r services encoder_service decoder_service
+	$(VENV)/bin/lint-imports

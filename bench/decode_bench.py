@@ -32,9 +32,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from services.bitstream import Mode
+from services.bitstream.container import Mode
 from services.profiles import get_profile
-from services.reconstruction import DecodeJob, Reconstructor
+from services.reconstruction.jobs import DecodeJob
+from services.reconstruction.reconstructor import Reconstructor
 from services.settings import CodecSettings
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -70,7 +71,7 @@ def full_size_components(name: str, settings: CodecSettings, device: str) -> dic
     from diffusers import AutoencoderKL, ControlNetModel, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from services.tokenizer import load_tokenizer
+    from services.prompt.tokenizer import load_tokenizer
 
     unet_config, vae_config, text_config, scheduler_config = FULL_SIZE[name]
     dtype = torch.float16 if device.startswith("cuda") else torch.float32

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from services.evaluation import main
+from services.eval.run import main
 
 if __name__ == "__main__":
     raise SystemExit(main(sys.argv[1:]))

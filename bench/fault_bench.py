@@ -41,24 +41,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import httpx
 
-from tests.reliability_fixtures import FAKE_DECODER, POISON_TOKEN, PoisonReconstructor, start_process
-from tests.service_fixtures import pic_payload, serving
+from services.testing.fakes import FAKE_DECODER, POISON_TOKEN, PoisonReconstructor
+from services.testing.payloads import pic_payload
+from services.testing.servers import serving, start_process
 
 MSGPACK = {"Content-Type": "application/msgpack"}
 DECODER = "decoder_service.app:create_app"
-
-
-def wait_listening(url: str, process, timeout_s: float = 120) -> float:
-    start = time.perf_counter()
-    while time.perf_counter() - start < timeout_s:
-        if process.poll() is not None:
-            raise RuntimeError(f"exited with {process.returncode}")
-        try:
-            httpx.get(f"{url}/health/live", timeout=2)
-            return time.perf_counter() - start
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    raise TimeoutError("never listened")
 
 
 def kill_part(kill_after: list[float]) -> list[dict]:
@@ -69,7 +57,7 @@ def kill_part(kill_after: list[float]) -> list[dict]:
         first = start_process(DECODER, env, work)
         row: dict = {"kill_after_listening_s": delay}
         try:
-            wait_listening(first.url, first.process)
+            first.wait_listening()
             time.sleep(delay)
             ready = httpx.get(f"{first.url}/health/ready", timeout=5)
             decode = httpx.post(f"{first.url}/decode", content=pic_payload(), headers=MSGPACK, timeout=60)

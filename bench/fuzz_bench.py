@@ -1,6 +1,6 @@
 """Hostile-payload fuzzing: the bitstream parser in-process, then a running decoder over HTTP.
 
-Bodies come from ``tests.reliability_fixtures.hostile_payloads``: msgpack traps
+Bodies come from ``services.testing.hostile.hostile_payloads``: msgpack traps
 (4 GiB declared lengths, 5,000-deep nesting, wrong types, extreme sizes), random
 bytes, and 1-4 random mutations of valid payloads (the golden files and
 tiny-profile PIC/PICS payloads).
@@ -39,19 +39,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import httpx
 import psutil
 
-from decoder_service.runtime import check_working_size
-from services.bitstream import parse
-from services.codec import payload_to_job
+from services.bitstream.container import parse
+from services.codec import check_working_size, payload_to_job
 from services.errors import BitstreamError, ProfileMismatchError
 from services.profiles import PROFILES_BY_ID
-from tests.reliability_fixtures import FAKE_DECODER, hostile_payloads, locally_valid, post_all, start_process
+from services.testing.fakes import FAKE_DECODER
+from services.testing.hostile import hostile_payloads
+from services.testing.load import percentile, post_all
+from services.testing.payloads import locally_valid
+from services.testing.servers import start_process
 
 MAX_WORKING_PIXELS = 4 * 1024 * 1024
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] if ordered else float("nan")
 
 
 def parser_part(n: int, seed: int, time_limit_s: float) -> dict:

@@ -2,7 +2,7 @@
 
 A real uvicorn encoder on 127.0.0.1 (tiny profile, ``prompt_source=given`` so the
 prompt stage needs no model; the real sketch stage runs). For every image of
-``tests.reliability_fixtures.hostile_images`` (plus a legal 36 Mpx flat PNG, the
+``services.testing.hostile.hostile_images`` (plus a legal 36 Mpx flat PNG, the
 largest image the default 40 Mpx limit lets through, as the bounded worst case)
 the script resets the process's peak-RSS mark (``/proc/<pid>/clear_refs``,
 Linux), sends the upload ``--repeat`` times, and reads ``VmHWM``: peak growth =
@@ -31,7 +31,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import httpx
 from PIL import Image
 
-from tests.reliability_fixtures import HostileImage, hostile_images, start_process
+from services.testing.hostile import HostileImage, hostile_images
+from services.testing.servers import start_process
 
 
 def proc_kb(pid: int, field: str) -> int:

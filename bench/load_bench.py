@@ -34,16 +34,9 @@ sys.path.insert(0, str(REPO))
 import httpx
 
 from decoder_service.scheduler import BatchScheduler, SchedulerConfig
-from services.metrics import parse_histogram_counts
-from tests.service_fixtures import pic_payload, start_service
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
+from services.testing.load import parse_histogram_counts, percentile
+from services.testing.payloads import pic_payload
+from services.testing.servers import start_service
 
 
 # -- part 1: scheduler overhead ---------------------------------------------------------------

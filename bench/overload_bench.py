@@ -34,17 +34,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import httpx
 import psutil
 
-from tests.reliability_fixtures import FAKE_DECODER, post_all, start_process
-from tests.service_fixtures import pic_payload
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] if ordered else float("nan")
-
-
-def metric_sum(text: str, name: str) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+from services.testing.fakes import FAKE_DECODER
+from services.testing.load import metric_sum, percentile, post_all
+from services.testing.payloads import pic_payload
+from services.testing.servers import start_process
 
 
 def main() -> int:

@@ -33,11 +33,12 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from services.bitstream import Mode, Payload
-from services.evaluation import default_image_dir, list_images
+from services.bitstream.container import Mode, Payload
+from services.bitstream.text_coder import encode_token_ids
+from services.bitstream.vocabulary import BOS_ID
+from services.eval.run import default_image_dir, list_images
 from services.profiles import get_profile
-from services.text_coding import encode_token_ids
-from services.tokenizer import BOS_ID, load_tokenizer, text_to_ids
+from services.prompt.tokenizer import load_tokenizer, text_to_ids
 
 
 def payload_bytes(profile: int, width: int, height: int, prompt: bytes, sketch_bytes: int | None) -> int:

@@ -1,4 +1,4 @@
-"""Fit the chain coder's initial counts (``services.chain_coding.PRIORS``) on Kodak HED maps.
+"""Fit the chain coder's initial counts (``services.sketch.chain_coder.PRIORS``) on Kodak HED maps.
 
 Codes the lossy maps of the Kodak images at levels 0-3, counts the symbols each
 table codes, and prints the integer tables: frequencies scaled to about
@@ -27,15 +27,15 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from services import chain_coding
-from services.sketch_lossy import lossy_bitmap
+from services.sketch import chain_coder
+from services.sketch.lossy import lossy_bitmap
 
 
 def fit(maps: list[np.ndarray], observations: int, smoothing: float) -> dict[str, tuple[int, ...]]:
     counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for bits in maps:
         record: list = []
-        chain_coding.encode_bitmap(bits, record=record)
+        chain_coder.encode_bitmap(bits, record=record)
         for name, symbol in record:
             counts[name][symbol] += 1
     pooled = collections.Counter()
@@ -43,9 +43,9 @@ def fit(maps: list[np.ndarray], observations: int, smoothing: float) -> dict[str
         if name.startswith("turn"):
             pooled.update(c)
     pooled_total = sum(pooled.values())
-    scale = observations * chain_coding.INCREMENT
+    scale = observations * chain_coder.INCREMENT
     priors = {}
-    for name, shipped in chain_coding.PRIORS.items():
+    for name, shipped in chain_coder.PRIORS.items():
         c, total = counts[name], sum(counts[name].values())
         if name.startswith("turn"):
             freq = [(c[s] + smoothing * pooled[s] / pooled_total) / (total + smoothing) for s in range(len(shipped))]
@@ -56,12 +56,12 @@ def fit(maps: list[np.ndarray], observations: int, smoothing: float) -> dict[str
 
 
 def coded_bytes(maps: list[np.ndarray], priors: dict[str, tuple[int, ...]]) -> int:
-    saved = dict(chain_coding.PRIORS)
-    chain_coding.PRIORS.update(priors)
+    saved = dict(chain_coder.PRIORS)
+    chain_coder.PRIORS.update(priors)
     try:
-        return sum(len(chain_coding.encode_bitmap(bits)[0]) for bits in maps)
+        return sum(len(chain_coder.encode_bitmap(bits)[0]) for bits in maps)
     finally:
-        chain_coding.PRIORS.update(saved)
+        chain_coder.PRIORS.update(saved)
 
 
 def main() -> None:
@@ -86,14 +86,14 @@ def main() -> None:
     print("PRIORS fitted on", len(names), "images, levels", args.levels)
     for name, table in fitted.items():
         print(f"    {name!r}: {table},")
-    print("identical to the shipped PRIORS:", fitted == chain_coding.PRIORS)
-    flat = {name: (1,) * len(table) for name, table in chain_coding.PRIORS.items()}
+    print("identical to the shipped PRIORS:", fitted == chain_coder.PRIORS)
+    flat = {name: (1,) * len(table) for name, table in chain_coder.PRIORS.items()}
     on_odd = fit(select(odd, args.levels), args.observations, args.smoothing)
     on_even = fit(select(even, args.levels), args.observations, args.smoothing)
     print(f"\n{'level':>5} {'flat 1s':>7} {'shipped':>8} {'held out':>9}  (bytes of the coded maps, all images)")
     for q in args.levels:
         held_out = coded_bytes(select(even, [q]), on_odd) + coded_bytes(select(odd, [q]), on_even)
-        shipped = coded_bytes(select(names, [q]), chain_coding.PRIORS)
+        shipped = coded_bytes(select(names, [q]), chain_coder.PRIORS)
         print(f"{q:>5} {coded_bytes(select(names, [q]), flat):7d} {shipped:8d} {held_out:9d}")
 
 

@@ -22,18 +22,12 @@ from starlette.concurrency import run_in_threadpool
 
 from decoder_service.runtime import DecoderRuntime, ReconstructorFactory, State, default_reconstructor
 from decoder_service.settings import DecoderSettings
-from services.bitstream import MAX_CANDIDATE, parse
+from services.bitstream.container import MAX_CANDIDATE, parse
 from services.errors import UnsupportedMediaError
-from services.http_errors import (
-    BodyTooLargeError,
-    InvalidRequestError,
-    NotAcceptableError,
-    UnauthorizedError,
-    bearer_token_ok,
-    install_error_handlers,
-)
-from services.imaging import encode_image
-from services.metrics import ServiceMetrics, add_metrics_route, install_request_metrics
+from services.imaging import save_image
+from services.serving.errors import BodyTooLargeError, InvalidRequestError, NotAcceptableError, UnauthorizedError
+from services.serving.http import bearer_token_ok, install_error_handlers, read_body
+from services.serving.metrics import ServiceMetrics, add_metrics_route, install_request_metrics
 
 log = logging.getLogger("textsketch.decoder")
 
@@ -92,19 +86,6 @@ def negotiate_image_format(accept: str | None) -> str:
         if media in ("*/*", "image/*"):
             return "png"
     raise NotAcceptableError(f"cannot produce {accept!r}; ask for image/png, image/webp or image/jpeg")
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing more than ``limit`` bytes before reading it all."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLargeError(f"body is {declared} bytes; the limit is {limit}")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise BodyTooLargeError(f"body exceeds the {limit}-byte limit")
-    return bytes(body)
 
 
 def client_timeout(request: Request) -> float | None:
@@ -182,7 +163,7 @@ def create_app(
         payload = await payload_from(request)
         jobs = await run_in_threadpool(runtime.jobs_for, payload)
         (image,) = await runtime.run_jobs(jobs, request.is_disconnected, client_timeout(request))
-        data = await run_in_threadpool(encode_image, image, fmt, settings.output_quality)
+        data = await run_in_threadpool(save_image, image, fmt, settings.output_quality)
         media = "image/jpeg" if fmt == "jpeg" else f"image/{fmt}"
         return Response(data, media_type=media, headers={"X-Candidate": str(payload.candidate)})
 
@@ -198,7 +179,7 @@ def create_app(
         payload = await payload_from(request)
         jobs = await run_in_threadpool(runtime.jobs_for, payload, list(range(1, n + 1)))
         images = await runtime.run_jobs(jobs, request.is_disconnected, client_timeout(request))
-        encoded = await run_in_threadpool(lambda: [encode_image(im, format, settings.output_quality) for im in images])
+        encoded = await run_in_threadpool(lambda: [save_image(im, format, settings.output_quality) for im in images])
         body = msgpack.packb({"indices": list(range(1, n + 1)), "format": format, "images": encoded}, use_bin_type=True)
         return Response(body, media_type="application/msgpack")
 

@@ -1,6 +1,6 @@
 """The decoder's moving parts, apart from HTTP: model, scheduler, readiness, drain.
 
-``DecoderRuntime`` owns the ``Reconstructor`` (``services.reconstruction``) and
+``DecoderRuntime`` owns the ``Reconstructor`` (``services.reconstruction.reconstructor``) and
 the ``BatchScheduler``. The routes in ``decoder_service.app`` only call
 ``decode`` / ``candidates`` and read ``state``.
 """
@@ -15,10 +15,10 @@ from typing import Any
 
 from decoder_service.scheduler import BatchScheduler, SchedulerConfig, Ticket
 from decoder_service.settings import DecoderSettings
-from services.bitstream import Payload
-from services.http_errors import DrainingError, NotReadyError, RequestCancelledError
-from services.metrics import ServiceMetrics
+from services.bitstream.container import Payload
 from services.profiles import ModelProfile
+from services.serving.errors import DrainingError, NotReadyError, RequestCancelledError
+from services.serving.metrics import ServiceMetrics
 
 log = logging.getLogger("textsketch.decoder")
 
@@ -34,7 +34,7 @@ class State(str, enum.Enum):
 
 
 def default_reconstructor(profile: ModelProfile, codec_settings: Any) -> Any:
-    from services.reconstruction import Reconstructor
+    from services.reconstruction.reconstructor import Reconstructor
 
     return Reconstructor(profile, codec_settings)
 

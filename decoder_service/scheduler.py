@@ -26,14 +26,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from services.http_errors import DeadlineExceededError, DrainingError, QueueFullError, RequestCancelledError
+from services.serving.errors import DeadlineExceededError, DrainingError, QueueFullError, RequestCancelledError
 
 J = TypeVar("J")
 R = TypeVar("R")
 
 
 class SchedulerObserver(Protocol):
-    """What the scheduler reports; ``services.metrics`` implements it."""
+    """What the scheduler reports; ``services.serving.metrics`` implements it."""
 
     def queue_size(self, n_jobs: int) -> None: ...
     def queue_wait(self, seconds: float) -> None: ...

@@ -21,20 +21,19 @@ from starlette.concurrency import run_in_threadpool
 
 from encoder_service.selection import get_scorer, unpack_candidates
 from encoder_service.settings import EncoderSettings
-from services.bitstream import MAX_CANDIDATE, Payload
+from services.bitstream.container import MAX_CANDIDATE, Payload
 from services.errors import CodecError, ImageTooLargeError, UnsupportedMediaError
-from services.http_errors import (
+from services.imaging import ACCEPTED_CONTENT_TYPES, load_image
+from services.serving.errors import (
     DrainingError,
     InvalidRequestError,
     NotReadyError,
     QueueFullError,
     UnauthorizedError,
     UpstreamError,
-    bearer_token_ok,
-    install_error_handlers,
 )
-from services.imaging import ACCEPTED_CONTENT_TYPES, load_image
-from services.metrics import ServiceMetrics, add_metrics_route, install_request_metrics
+from services.serving.http import bearer_token_ok, install_error_handlers, read_body
+from services.serving.metrics import ServiceMetrics, add_metrics_route, install_request_metrics
 
 log = logging.getLogger("textsketch.encoder")
 
@@ -201,13 +200,11 @@ async def _read_upload(request: Request, max_bytes: int, metrics: ServiceMetrics
             raise InvalidRequestError("multipart upload needs the image file in the form field `image`")
         data = await field.read()
     elif content_type in ACCEPTED_CONTENT_TYPES or content_type.startswith("image/"):
-        data = bytearray()
-        async for chunk in request.stream():
-            data += chunk
-            if len(data) > max_bytes:
-                metrics.rejected("too_large")
-                raise ImageTooLargeError(f"upload exceeds the {max_bytes}-byte limit")
-        data = bytes(data)
+        try:
+            data = await read_body(request, max_bytes, too_large=ImageTooLargeError)
+        except ImageTooLargeError:
+            metrics.rejected("too_large")
+            raise
     else:
         raise UnsupportedMediaError(
             f"send the image as its own content type (image/png, image/jpeg, ...) or multipart/form-data, "

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 import msgpack
 from PIL import Image
 
-from services.bitstream import MAX_CANDIDATE
+from services.bitstream.container import MAX_CANDIDATE
+from services.devices import resolve_device
 from services.errors import ModelUnavailableError
-from services.http_errors import UpstreamError
+from services.serving.errors import UpstreamError
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class CandidateScorer:
     def __init__(self, model_id: str, device: str = "cpu", revision: str | None = None) -> None:
         self.model_id = model_id
         self.revision = revision  # pin a hub commit in production; ignored for local folders
-        self.device = "cpu" if device == "auto" else device
+        self.device = resolve_device(device)
         self._lock = threading.Lock()
         self._model = None
         self._processor = None

@@ -1,4 +1,4 @@
-"""Regenerate ``services/data/text_prior.npz``, the text coder's static integer prior.
+"""Regenerate ``services/bitstream/data/text_prior.npz``, the text coder's static integer prior.
 
 Run: ``HF_HUB_OFFLINE=1 .venv/bin/python scripts/build_text_prior.py``
 
@@ -30,8 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
+from services.bitstream.vocabulary import VOCAB_SIZE
+from services.prompt.tokenizer import load_tokenizer
 from services.settings import CodecSettings
-from services.tokenizer import VOCAB_SIZE, load_tokenizer
 
 N_WORDS = 100_000
 WORDFREQ_SHARE = 0.70
@@ -40,7 +41,7 @@ UNIFORM_SHARE = 0.10
 RANK_OFFSET = 500
 PUNCTUATION_SHARE = {",": 0.02, ".": 0.01}  # of the word-start context's wordfreq part
 PRIOR_BITS = 24
-OUT = Path(__file__).resolve().parents[1] / "services" / "data" / "text_prior.npz"
+OUT = Path(__file__).resolve().parents[1] / "services" / "bitstream" / "data" / "text_prior.npz"
 
 
 def word_end_mask(tokenizer) -> np.ndarray:

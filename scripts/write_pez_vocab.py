@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from services.text_coding import max_body_bytes, rate_capped_vocabulary
+from services.bitstream.text_coder import max_body_bytes, rate_capped_vocabulary
 
 
 def main() -> None:

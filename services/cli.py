@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from services.bitstream import Mode, parse
+from services.bitstream.container import Mode, parse
 from services.errors import CodecError
 from services.profiles import PROFILES, PROFILES_BY_ID
 
@@ -48,8 +48,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         "bpp": round(payload.bpp(len(data)), 6),
     }
     if args.tokens:
-        from services.text_coding import decode_token_ids
-        from services.tokenizer import ids_to_text
+        from services.bitstream.text_coder import decode_token_ids
+        from services.prompt.tokenizer import ids_to_text
 
         ids = decode_token_ids(payload.prompt)
         info["token_ids"] = ids
@@ -74,7 +74,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         "target_bytes": args.target_bytes,
     }
     if args.encoder_url:
-        from services.client import TextSketchClient
+        from services.serving.client import TextSketchClient
 
         with TextSketchClient(encoder_url=args.encoder_url) as client:
             data = client.encode(_read_file(args.image), **{k: v for k, v in options.items() if v is not None})
@@ -99,22 +99,22 @@ def cmd_decode(args: argparse.Namespace) -> int:
     data = _read_file(args.file)
     fmt = Path(args.output).suffix.lstrip(".").lower() or "png"
     if args.decoder_url:
-        from services.client import TextSketchClient
+        from services.serving.client import TextSketchClient
 
         with TextSketchClient(decoder_url=args.decoder_url) as client:
             image_bytes = client.decode(data, fmt=fmt)
     else:
         from services.codec import decode_payload
-        from services.imaging import encode_image
+        from services.imaging import save_image
         from services.profiles import get_profile
-        from services.reconstruction import Reconstructor
+        from services.reconstruction.reconstructor import Reconstructor
         from services.settings import CodecSettings
 
         # The payload names its profile; --profile only forces a different one.
         settings = CodecSettings(profile=args.profile or get_profile(parse(data).profile).name)
         reconstructor = Reconstructor(settings.model_profile(), settings)
         reconstructor.load()
-        image_bytes = encode_image(decode_payload(data, reconstructor), fmt)
+        image_bytes = save_image(decode_payload(data, reconstructor), fmt)
     _write_file(args.output, image_bytes)
     print(f"{args.output}: {len(image_bytes)} bytes")
     return 0
@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     prof = sub.add_parser("profiles", help="list the model profiles")
     prof.set_defaults(func=cmd_profiles)
 
-    # `eval` is dispatched in main() to services.evaluation's own parser; listed here for --help.
+    # `eval` is dispatched in main() to services.eval.run's own parser; listed here for --help.
     sub.add_parser("eval", help="rate/quality evaluation over a folder of images (textsketch eval --help)")
     return parser
 
@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["eval"]:  # its own parser (options before positionals)
-        from services.evaluation import main as eval_main
+        from services.eval.run import main as eval_main
 
         return eval_main(argv[1:])
     args = build_parser().parse_args(argv)

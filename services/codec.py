@@ -1,13 +1,13 @@
 """The codec in-process: image -> payload (encode) and payload -> image (decode).
 
-This module only wires the stages together; each stage lives in its own module:
+This module only wires the stages together, in the order of the flow:
 
-- ``services.prompt`` / ``services.tokenizer`` / ``services.text_coding``: what is in the scene
-- ``services.edges`` / ``services.sketch_coding``: where things are
-- ``services.bitstream``: the container
-- ``services.reconstruction``: the diffusion decoder
+- ``services.prompt``: what is in the scene (token ids), coded by ``services.bitstream.text_coder``;
+- ``services.sketch``: where things are (edge map -> sketch body -> control image);
+- ``services.bitstream.container``: the payload that carries both;
+- ``services.reconstruction``: decode jobs and the diffusion decoder.
 
-Stage modules are imported lazily so ``textsketch info`` and the bitstream
+Model-running stages are imported lazily so ``textsketch info`` and the bitstream
 work without loading torch.
 """
 
@@ -20,14 +20,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from services.bitstream import Mode, Payload, derive_seed, parse
+from services.bitstream.container import Mode, Payload, derive_seed, parse
 from services.errors import BitstreamError, ImageTooLargeError
 from services.imaging import resize
 from services.profiles import ModelProfile, check_served
+from services.reconstruction.jobs import DecodeJob
 from services.settings import CodecSettings
 
 if TYPE_CHECKING:
-    from services.reconstruction import DecodeJob, Reconstructor
+    from services.reconstruction.reconstructor import Reconstructor
 
 
 DEFAULT_MAX_WORKING_PIXELS = 4 * 1024 * 1024  # 2048x2048: far above any real profile's 512-short-side size
@@ -89,10 +90,10 @@ def parse_mode(value: str | int | Mode) -> Mode:
 
 def encode_image(image: Image.Image, settings: CodecSettings, options: EncodeOptions = EncodeOptions()) -> EncodeResult:
     """Code an RGB image as a payload under the configured profile."""
-    from services.edges import edge_map
-    from services.prompt import make_prompt_ids
-    from services.sketch_coding import decode_sketch, encode_sketch
-    from services.text_coding import encode_token_ids
+    from services.bitstream.text_coder import encode_token_ids
+    from services.prompt.sources import make_prompt_ids
+    from services.sketch.coder import decode_sketch, encode_sketch
+    from services.sketch.edges import edge_map
 
     profile = settings.model_profile()
     image = image.convert("RGB")
@@ -139,9 +140,9 @@ def payload_to_job(
     Raises ``ProfileMismatchError`` for another profile and ``BitstreamError`` for
     corrupt bodies.
     """
-    from services.reconstruction import DecodeJob
-    from services.sketch_coding import control_image, decode_sketch
-    from services.text_coding import decode_token_ids
+    from services.bitstream.text_coder import decode_token_ids
+    from services.sketch.coder import decode_sketch
+    from services.sketch.render import control_image
 
     check_served(payload.profile, profile)
     check_working_size(payload, profile, max_working_pixels)

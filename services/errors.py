@@ -1,7 +1,7 @@
 """Domain errors shared by the codec stages and both services.
 
 Each error carries a message a client can act on. The HTTP layer maps them to
-status codes in one place (``services.http_errors``); in-process callers catch
+status codes in one place (``services.serving.http``); in-process callers catch
 them directly.
 """
 

@@ -98,8 +98,8 @@ def resize(image: Image.Image, width: int, height: int) -> Image.Image:
     return image.resize((width, height), Image.Resampling.BOX if shrinking else Image.Resampling.BICUBIC)
 
 
-def encode_image(image: Image.Image, fmt: str = "png", quality: int = 95) -> bytes:
-    """Serialise an image as PNG, WebP or JPEG."""
+def save_image(image: Image.Image, fmt: str = "png", quality: int = 95) -> bytes:
+    """The bytes of ``image`` saved as a PNG, WebP or JPEG file (``quality`` for WebP and JPEG)."""
     pil_format = OUTPUT_FORMATS.get(fmt.lower())
     if pil_format is None:
         raise ValueError(f"unsupported output format {fmt!r}; use png, webp or jpeg")

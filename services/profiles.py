@@ -110,7 +110,7 @@ _PROFILES: tuple[ModelProfile, ...] = (
         sketch_kind=SketchKind.CANNY,
     ),
     # Randomly initialised components with real SD geometry, built in code and
-    # saved/re-loaded through from_pretrained (services.tiny). Few steps: tests.
+    # saved/re-loaded through from_pretrained (services.tiny.diffusion). Few steps: tests.
     ModelProfile(
         name="tiny",
         id=ProfileId.TINY,

@@ -11,9 +11,10 @@ import os
 import numpy as np
 from PIL import Image
 
-from services.bitstream import Mode
+from services.bitstream.container import Mode
 from services.profiles import get_profile
-from services.reconstruction import DecodeJob, Reconstructor
+from services.reconstruction.jobs import DecodeJob
+from services.reconstruction.reconstructor import Reconstructor
 from services.settings import CodecSettings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

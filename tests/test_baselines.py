@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.baselines import GREY, baselines_at, decode_classical, encode_classical, fit_to_budget
+from services.eval.baselines import GREY, baselines_at, decode_classical, encode_classical, fit_to_budget
 
 
 def photo(size=(300, 200), seed=0) -> Image.Image:

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.bitstream import (
+from services.bitstream.container import (
     MAX_CANDIDATE,
     MAX_PIXELS,
     MAX_PROMPT_BYTES,

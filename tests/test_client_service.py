@@ -10,8 +10,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from services.client import AsyncTextSketchClient, ServiceClientError, TextSketchClient
-from tests.service_fixtures import pic_payload, serving
+from services.serving.client import AsyncTextSketchClient, ServiceClientError, TextSketchClient
+from services.testing.payloads import pic_payload
+from services.testing.servers import serving
 from tests.test_decoder_service import make_app
 
 

@@ -11,12 +11,14 @@ from PIL import Image
 
 from decoder_service.app import create_app, negotiate_image_format
 from decoder_service.settings import DecoderSettings
-from services.bitstream import derive_seed, parse
-from services.http_errors import NotAcceptableError
-from services.metrics import parse_histogram_counts
+from services.bitstream.container import derive_seed, parse
 from services.profiles import ProfileId
+from services.serving.errors import NotAcceptableError
 from services.settings import CodecSettings
-from tests.service_fixtures import FakeReconstructor, pic_payload, seed_colour, serving
+from services.testing.fakes import FakeReconstructor, seed_colour
+from services.testing.load import parse_histogram_counts
+from services.testing.payloads import pic_payload
+from services.testing.servers import serving
 
 
 def make_app(tmp_path, **overrides):
@@ -301,6 +303,6 @@ def test_openapi_documents_msgpack_bodies_and_image_responses(tmp_path):
 
 def test_out_of_memory_maps_to_503_with_retry_after():
     from services.errors import DecodeOutOfMemoryError
-    from services.http_errors import status_for
+    from services.serving.http import status_for
 
     assert status_for(DecodeOutOfMemoryError("one job does not fit")) == (503, "out_of_memory")

@@ -16,11 +16,13 @@ import httpx
 import pytest
 from PIL import Image
 
-from services.bitstream import Mode, parse
-from services.client import ServiceClientError, TextSketchClient
-from services.metrics import parse_histogram_counts
-from tests.prompt_fixtures import build_tiny_clip
-from tests.service_fixtures import KODAK, pic_payload, start_service
+from services.bitstream.container import Mode, parse
+from services.serving.client import ServiceClientError, TextSketchClient
+from services.testing.load import parse_histogram_counts
+from services.testing.payloads import pic_payload
+from services.testing.servers import start_service
+from services.tiny.encoders import build_tiny_clip
+from tests.paths import KODAK
 
 pytestmark = pytest.mark.e2e
 
@@ -133,8 +135,10 @@ def test_overload_deadline_and_disconnect_while_the_worker_is_busy(decoder):
         async with httpx.AsyncClient(timeout=300) as client:
             url = decoder.url
             started_before = metric_value((await client.get(f"{url}/metrics")).text, "textsketch_queue_wait_seconds_count")
-            busy = asyncio.ensure_future(
-                client.post(f"{url}/candidates", params={"n": 4}, content=pic_payload(), headers=MSGPACK))
+            # 4 candidates at a 1536x512 working size: seconds of work, so the worker is still busy
+            # after the deadline and disconnect steps below (at 768x512 it sometimes finished first).
+            busy = asyncio.ensure_future(client.post(
+                f"{url}/candidates", params={"n": 4}, content=pic_payload(width=192, height=64), headers=MSGPACK))
             await wait_until_running(client, url, started_before)
             late = await client.post(f"{url}/decode", content=pic_payload(token_ids=(500,)),
                                      headers={**MSGPACK, "X-Request-Timeout": "0.3"})

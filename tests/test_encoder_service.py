@@ -12,12 +12,13 @@ from PIL import Image
 
 from encoder_service.app import _Limiter, create_app
 from encoder_service.settings import EncoderSettings
-from services.bitstream import Mode, parse
-from services.http_errors import QueueFullError
-from services.metrics import ServiceMetrics
+from services.bitstream.container import Mode, parse
+from services.serving.errors import QueueFullError
+from services.serving.metrics import ServiceMetrics
 from services.settings import CodecSettings
-from tests.prompt_fixtures import build_tiny_clip
-from tests.service_fixtures import KODAK, serving
+from services.testing.servers import serving
+from services.tiny.encoders import build_tiny_clip
+from tests.paths import KODAK
 
 GIVEN = {"prompt_source": "given", "text": "a red house by the sea"}
 

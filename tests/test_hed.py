@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from services.errors import ModelUnavailableError
-from services.hed import BGR_MEAN, BLOCK_CONVS, default_weights_path, hed_probabilities, load_hed
 from services.settings import CodecSettings
+from services.sketch.hed import BGR_MEAN, BLOCK_CONVS, default_weights_path, hed_probabilities, load_hed
 
 GOLDEN = Path(__file__).parent / "golden"
 REGEN = os.environ.get("TEXTSKETCH_REGEN_GOLDEN") == "1"

@@ -15,12 +15,12 @@ import pytest
 
 from encoder_service.app import create_app
 from encoder_service.settings import EncoderSettings
-from services.bitstream import parse
+from services.bitstream.container import parse
 from services.errors import ImageInputError
 from services.imaging import load_image
 from services.settings import CodecSettings
-from tests.reliability_fixtures import hostile_images
-from tests.service_fixtures import serving
+from services.testing.hostile import hostile_images
+from services.testing.servers import serving
 
 LIMIT_BYTES = 2 * 1024 * 1024
 LIMIT_PIXELS = 40_000_000

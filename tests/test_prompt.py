@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import pytest
 from PIL import Image
-from prompt_fixtures import build_tiny_blip, build_tiny_clip
 
+from services.bitstream.text_coder import decode_token_ids, encode_token_ids
+from services.bitstream.vocabulary import BOS_ID, EOS_ID, MAX_PROMPT_TOKENS, VOCAB_SIZE
 from services.errors import ModelUnavailableError
-from services.pez import PezConfig, read_vocab_file
-from services.prompt import PromptSource, caption_text, make_prompt_ids, pez_ids
+from services.prompt.pez import PezConfig, read_vocab_file
+from services.prompt.sources import PromptSource, caption_text, make_prompt_ids, pez_ids
+from services.prompt.tokenizer import load_tokenizer, text_to_ids
 from services.settings import CodecSettings
-from services.text_coding import decode_token_ids, encode_token_ids
-from services.tokenizer import BOS_ID, EOS_ID, MAX_PROMPT_TOKENS, VOCAB_SIZE, load_tokenizer, text_to_ids
+from services.tiny.encoders import build_tiny_blip, build_tiny_clip
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +79,10 @@ def test_pez_is_deterministic_under_a_seed(settings, image):
 
 
 def test_pez_keeps_the_best_cosine_prompt(settings, image):
-    from services.prompt import _device, _pez_inverter
+    from services.devices import resolve_device
+    from services.prompt.sources import _pez_inverter
 
-    inverter = _pez_inverter(settings.clip_model, _device(settings))
+    inverter = _pez_inverter(settings.clip_model, resolve_device(settings.device))
     result = inverter.invert(image, PezConfig.from_settings(settings))
     import torch
 

@@ -9,17 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from services import fid, perceptual
-from services.quality import (
-    MS_SSIM_WEIGHTS,
-    SSIM_K1,
-    MetricSuite,
-    ms_ssim,
-    ms_ssim_scales,
-    psnr,
-    ssim,
-)
+from services.eval import fid, perceptual
+from services.eval.metrics import MS_SSIM_MIN_SIDE, ms_ssim, ms_ssim_arrays, psnr
+from services.eval.suite import MetricSuite
 from services.settings import CodecSettings
+
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, as pytorch_msssim uses them
+SSIM_K1 = 0.01
 
 
 def photo(seed: int = 0, size: tuple[int, int] = (192, 176)) -> Image.Image:
@@ -54,17 +50,19 @@ def test_psnr_identical_is_inf_and_known_offset():
 def test_ms_ssim_identical_is_one():
     image = photo()
     assert ms_ssim(image, image) == pytest.approx(1.0, abs=1e-6)
-    assert ssim(image, image) == pytest.approx(1.0, abs=1e-6)
+    grey = np.asarray(image)[..., 0]
+    assert ms_ssim_arrays(grey, grey) == pytest.approx(1.0, abs=1e-6)
 
 
 def test_ms_ssim_flat_images_match_the_luminance_formula():
     # Constant images: zero variance, so every contrast-structure term is 1 and
     # only the last scale's luminance term l = (2ab + C1) / (a^2 + b^2 + C1) remains.
+    # (256 px: even at every scale, so 2x pooling never pads the constant image.)
     a, b = 100.0, 140.0
     c1 = (SSIM_K1 * 255) ** 2
     luminance = (2 * a * b + c1) / (a * a + b * b + c1)
-    assert ms_ssim(flat(100), flat(140)) == pytest.approx(luminance ** MS_SSIM_WEIGHTS[-1], rel=1e-5)
-    assert ssim(flat(100), flat(140)) == pytest.approx(luminance, rel=1e-5)
+    size = (256, 256)
+    assert ms_ssim(flat(100, size), flat(140, size)) == pytest.approx(luminance ** MS_SSIM_WEIGHTS[-1], rel=1e-5)
 
 
 def test_ms_ssim_falls_with_noise_and_is_symmetric():
@@ -76,15 +74,16 @@ def test_ms_ssim_falls_with_noise_and_is_symmetric():
 
 
 def test_ms_ssim_guards_small_images():
-    assert ms_ssim_scales(768, 512) == 5
-    assert ms_ssim_scales(160, 160) == 4  # 160 / 16 = 10 < 11: the fifth scale does not fit
-    assert ms_ssim_scales(176, 176) == 5
-    assert ms_ssim_scales(30, 40) == 2
-    small = photo(size=(40, 32))
-    assert ms_ssim(small, small) == pytest.approx(1.0, abs=1e-6)
-    assert 0.0 < ms_ssim(small, noisy(small, 30)) < 1.0
-    with pytest.raises(ValueError, match="at least 11x11"):
-        ms_ssim(flat(1, (10, 30)), flat(2, (10, 30)))
+    # Five scales of an 11-pixel window need a shorter side of 161 px (160 / 16 = 10 < 11).
+    assert MS_SSIM_MIN_SIDE == 161
+    edge = photo(size=(200, 161))
+    assert ms_ssim(edge, edge) == pytest.approx(1.0, abs=1e-6)
+    with pytest.raises(ValueError, match="at least 161x161"):
+        ms_ssim(flat(1, (160, 300)), flat(2, (160, 300)))
+    small = photo(size=(40, 32))  # the suite records such images as not scored instead of failing
+    suite = MetricSuite(CodecSettings(device="cpu"), ("psnr", "ms_ssim"))
+    scores = suite.pair(small, noisy(small, 30))
+    assert math.isnan(scores["ms_ssim"]) and "161" in suite.skipped["ms_ssim"]
 
 
 def test_size_mismatch_says_what_to_do():
@@ -139,19 +138,33 @@ def test_clip_distance_with_a_local_model(tiny_clip):
 def test_frechet_distance_of_gaussians():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(4000, 3))
-    assert fid.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert fid.set_scores(a, a)["fid"] == pytest.approx(0.0, abs=1e-6)
     # Same covariance, means 2 apart in one coordinate: FID ~ 4.
     b = rng.normal(size=(4000, 3)) + np.array([2.0, 0.0, 0.0])
-    assert fid.frechet_distance(a, b) == pytest.approx(4.0, abs=0.3)
+    assert fid.set_scores(a, b)["fid"] == pytest.approx(4.0, abs=0.3)
 
 
 def test_kid_is_near_zero_for_one_distribution_and_positive_for_two():
     rng = np.random.default_rng(1)
     a, b = rng.normal(size=(300, 8)), rng.normal(size=(300, 8))
-    same, _ = fid.kernel_inception_distance(a, b, subsets=20, subset_size=100)
-    shifted, _ = fid.kernel_inception_distance(a, b + 1.0, subsets=20, subset_size=100)
-    assert abs(same) < 0.05
-    assert shifted > 0.5
+    same = fid.set_scores(a, b)
+    shifted = fid.set_scores(a, b + 1.0)
+    assert abs(same["kid"]) < 0.05
+    assert shifted["kid"] > 0.5
+
+
+def test_kid_subsets_are_smaller_than_the_set_so_their_spread_is_real():
+    # Kodak gives 24 x 8 = 192 patches: a subset as large as the set made every subset the same
+    # set and the reported std always 0.
+    assert fid.kid_subset_size(192) == 96
+    assert fid.kid_subset_size(10_000) == fid.KID_SUBSET_SIZE
+    rng = np.random.default_rng(2)
+    scores = fid.set_scores(rng.normal(size=(192, 8)), rng.normal(size=(192, 8)) + 0.5)
+    assert scores["kid_subset_size"] == 96
+    assert scores["kid_std"] > 0.0
+    # Subsets come from a fixed seed: the same features give the same KID.
+    real, fake = np.random.default_rng(4).normal(size=(2, 192, 8))
+    assert fid.set_scores(real, fake + 0.5) == fid.set_scores(real, fake + 0.5)
 
 
 def test_patches_follow_the_shifted_grid():
@@ -163,7 +176,7 @@ def test_set_metric_groups_with_a_small_feature_extractor():
     torch.manual_seed(0)
     conv = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 5, stride=4), torch.nn.AdaptiveAvgPool2d(2))
     metric = fid.SetMetric(extractor=lambda batch: conv(batch).flatten(1), patch=32)
-    images = [photo(seed, (64, 64)) for seed in range(3)]
+    images = [photo(seed, (64, 64)) for seed in range(3)]  # 5 patches each: 15 per set
     for image in images:
         metric.add("same", image, image)
         metric.add("noisy", image, noisy(image, 60))

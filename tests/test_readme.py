@@ -16,7 +16,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from services.bitstream import parse
+from services.bitstream.container import parse
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()

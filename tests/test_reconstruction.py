@@ -8,17 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from services.bitstream import Mode
-from services.errors import ProfileMismatchError
+from services.bitstream.container import Mode
+from services.errors import DecodeOutOfMemoryError, ProfileMismatchError
 from services.profiles import ProfileId, check_served, get_profile
-from services.reconstruction import (
-    DecodeOutOfMemoryError,
-    Reconstructor,
-    run_splitting_on_oom,
-)
+from services.prompt.tokenizer import load_tokenizer, text_to_ids
+from services.reconstruction.jobs import run_splitting_on_oom
+from services.reconstruction.reconstructor import Reconstructor
 from services.settings import CodecSettings
-from services.tiny import ensure_tiny_models
-from services.tokenizer import text_to_ids
+from services.tiny.diffusion import ensure_tiny_models
 from tests.reconstruction_fixtures import edge_control, make_job, pixels, shared_reconstructor, shared_settings
 
 # Batch-vs-alone tolerance measured on CPU float32 with batching on (uint8 levels):
@@ -252,7 +249,7 @@ def test_load_is_idempotent(tiny_reconstructor):
 
 def test_real_profile_loads_a_saved_folder(tiny_reconstructor, tiny_settings):
     """The sd21-hed loading path (from_pretrained of a base folder + a ControlNet folder)."""
-    paths = ensure_tiny_models(tiny_settings)
+    paths = ensure_tiny_models(tiny_settings, load_tokenizer(tiny_settings))
     profile = get_profile("sd21-hed").with_models(str(paths.base_model), str(paths.controlnet))
     real = Reconstructor(profile, tiny_settings.model_copy(update={"profile": "sd21-hed"}))
     real.load()

@@ -7,13 +7,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from services.bitstream import Mode, Payload, derive_seed, parse
+from services.bitstream.container import Mode, Payload, derive_seed, parse
+from services.bitstream.text_coder import encode_token_ids
 from services.codec import candidate_jobs, decode_payload, payload_to_job
 from services.errors import ProfileMismatchError
 from services.profiles import ProfileId, get_profile
-from services.reconstruction import Reconstructor
-from services.sketch_coding import encode_sketch
-from services.text_coding import encode_token_ids
+from services.reconstruction.reconstructor import Reconstructor
+from services.sketch.coder import encode_sketch
 from tests.reconstruction_fixtures import pixels, shared_reconstructor, shared_settings
 
 SIZE = (90, 60)  # original size

@@ -16,8 +16,10 @@ import pytest
 from decoder_service.app import create_app
 from decoder_service.settings import DecoderSettings
 from services.settings import CodecSettings
-from tests.reliability_fixtures import FAKE_DECODER, POISON_TOKEN, PoisonReconstructor, post_all, start_process
-from tests.service_fixtures import pic_payload, serving
+from services.testing.fakes import FAKE_DECODER, POISON_TOKEN, PoisonReconstructor
+from services.testing.load import post_all
+from services.testing.payloads import pic_payload
+from services.testing.servers import serving, start_process
 
 MSGPACK = {"Content-Type": "application/msgpack"}
 

@@ -13,19 +13,16 @@ import tracemalloc
 import httpx
 import pytest
 
-from services.bitstream import Mode, Payload, parse
+from services.bitstream.container import Mode, Payload, parse
+from services.bitstream.text_coder import encode_token_ids
 from services.codec import check_working_size, payload_to_job
 from services.errors import BitstreamError, ProfileMismatchError
 from services.profiles import PROFILES_BY_ID, get_profile
-from services.text_coding import encode_token_ids
-from tests.reliability_fixtures import (
-    FAKE_DECODER,
-    hostile_payloads,
-    locally_valid,
-    msgpack_traps,
-    post_all,
-    start_process,
-)
+from services.testing.fakes import FAKE_DECODER
+from services.testing.hostile import hostile_payloads, msgpack_traps
+from services.testing.load import post_all
+from services.testing.payloads import locally_valid
+from services.testing.servers import start_process
 
 MAX_WORKING_PIXELS = 4 * 1024 * 1024  # DecoderSettings.max_working_pixels default
 
@@ -113,7 +110,8 @@ def test_the_decoder_answers_an_extreme_aspect_ratio_with_422(tmp_path):
     from decoder_service.app import create_app
     from decoder_service.settings import DecoderSettings
     from services.settings import CodecSettings
-    from tests.service_fixtures import FakeReconstructor, serving
+    from services.testing.fakes import FakeReconstructor
+    from services.testing.servers import serving
 
     settings = DecoderSettings(handle_sigterm=False, warmup_batch_sizes=[1],
                                codec=CodecSettings(profile="tiny", cache_dir=tmp_path))

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from decoder_service.scheduler import BatchScheduler, SchedulerConfig
-from services.http_errors import DeadlineExceededError, DrainingError, QueueFullError, RequestCancelledError
+from services.serving.errors import DeadlineExceededError, DrainingError, QueueFullError, RequestCancelledError
 
 
 class FakeModel:

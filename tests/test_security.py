@@ -14,11 +14,13 @@ from decoder_service.app import create_app as create_decoder
 from decoder_service.settings import DecoderSettings
 from encoder_service.app import create_app as create_encoder
 from encoder_service.settings import EncoderSettings
-from services.bitstream import MAX_PAYLOAD_BYTES
-from services.http_errors import bearer_token_ok
+from services.bitstream.container import MAX_PAYLOAD_BYTES
+from services.serving.http import bearer_token_ok
 from services.settings import CodecSettings
-from tests.reliability_fixtures import FAKE_DECODER, POISON_TOKEN, PoisonReconstructor, start_process
-from tests.service_fixtures import REPO, free_port, pic_payload, serving
+from services.testing.fakes import FAKE_DECODER, POISON_TOKEN, PoisonReconstructor
+from services.testing.payloads import pic_payload
+from services.testing.servers import free_port, serving, start_process
+from tests.paths import REPO
 
 SERVICE_DIRS = ("services", "encoder_service", "decoder_service")
 MSGPACK = {"Content-Type": "application/msgpack"}

@@ -12,21 +12,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from services.chain_coding import BRANCH, END, LIMIT, NEW, PRIORS, decode_bitmap, encode_bitmap
 from services.errors import BitstreamError
 from services.profiles import SketchKind
-from services.sketch_coding import (
-    HEADER_BYTES,
-    LEVELS,
-    QUALITY_LEVELS,
-    control_image,
-    decode_bitmap_body,
-    decode_sketch,
-    encode_bitmap_body,
-    encode_sketch,
-    lossy_bitmap,
-    render,
-)
+from services.sketch.body import HEADER_BYTES, decode_bitmap_body, encode_bitmap_body
+from services.sketch.chain_coder import BRANCH, END, LIMIT, NEW, PRIORS, decode_bitmap, encode_bitmap
+from services.sketch.coder import decode_sketch, encode_sketch
+from services.sketch.lossy import LEVELS, QUALITY_LEVELS, lossy_bitmap
+from services.sketch.render import control_image, render
 
 GOLDEN = Path(__file__).parent / "golden"
 REGEN = os.environ.get("TEXTSKETCH_REGEN_GOLDEN") == "1"

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.edges import edge_map
-from services.hed import default_weights_path
 from services.profiles import SketchKind
 from services.settings import CodecSettings
+from services.sketch.edges import edge_map
+from services.sketch.hed import default_weights_path
 
 
 def _picture(width: int = 96, height: int = 64) -> Image.Image:

@@ -10,8 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.errors import BitstreamError
-from services.text_coding import (
+from services.bitstream.text_coder import (
     LENGTH_FREQS,
     cost_bits,
     decode_token_ids,
@@ -20,7 +19,8 @@ from services.text_coding import (
     max_body_bytes,
     rate_capped_vocabulary,
 )
-from services.tokenizer import BOS_ID, EOS_ID, MAX_PROMPT_TOKENS, VOCAB_SIZE
+from services.bitstream.vocabulary import BOS_ID, EOS_ID, MAX_PROMPT_TOKENS, VOCAB_SIZE
+from services.errors import BitstreamError
 
 GOLDEN = Path(__file__).parent / "golden"
 token_ids = st.lists(st.integers(0, VOCAB_SIZE - 1), max_size=MAX_PROMPT_TOKENS)

@@ -7,9 +7,10 @@ import os
 import pytest
 import torch
 
+from services.bitstream.vocabulary import VOCAB_SIZE
+from services.prompt.tokenizer import load_tokenizer
 from services.settings import CodecSettings
-from services.tiny import TINY_VERSION, build_tiny_components, ensure_tiny_models, tiny_model_dir
-from services.tokenizer import VOCAB_SIZE
+from services.tiny.diffusion import TINY_VERSION, build_tiny_components, ensure_tiny_models, tiny_model_dir
 from tests.reconstruction_fixtures import shared_settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -22,10 +23,10 @@ def tiny_settings() -> CodecSettings:
 
 def test_tiny_weights_are_the_same_on_every_build(tiny_settings):
     torch.manual_seed(123)
-    first = build_tiny_components(tiny_settings)
+    first = build_tiny_components(load_tokenizer(tiny_settings))
     after_first = torch.rand(1)
     torch.manual_seed(123)
-    second = build_tiny_components(tiny_settings)
+    second = build_tiny_components(load_tokenizer(tiny_settings))
     assert torch.equal(after_first, torch.rand(1))  # the global RNG is left alone
     for name in ("unet", "controlnet", "vae", "text_encoder"):
         a, b = first[name].state_dict(), second[name].state_dict()
@@ -37,7 +38,7 @@ def test_tiny_models_have_sd_geometry_and_real_vocabulary(tiny_settings):
     from diffusers import AutoencoderKL, ControlNetModel
     from transformers import CLIPTextModel
 
-    paths = ensure_tiny_models(tiny_settings)
+    paths = ensure_tiny_models(tiny_settings, load_tokenizer(tiny_settings))
     vae = AutoencoderKL.from_pretrained(paths.base_model / "vae")
     with torch.no_grad():
         latents = vae.encode(torch.zeros(1, 3, 64, 96)).latent_dist.mean
@@ -54,9 +55,9 @@ def test_tiny_models_have_sd_geometry_and_real_vocabulary(tiny_settings):
 
 def test_ensure_tiny_models_builds_once_and_leaves_no_staging_folder(tmp_path):
     tiny_settings = CodecSettings(profile="tiny", cache_dir=tmp_path)
-    paths = ensure_tiny_models(tiny_settings)
+    paths = ensure_tiny_models(tiny_settings, load_tokenizer(tiny_settings))
     stamp = (paths.base_model / "model_index.json").stat().st_mtime_ns
-    again = ensure_tiny_models(tiny_settings)
+    again = ensure_tiny_models(tiny_settings, load_tokenizer(tiny_settings))
     assert again == paths
     assert (paths.base_model / "model_index.json").stat().st_mtime_ns == stamp
     assert paths.base_model.parent == tiny_model_dir(tiny_settings)

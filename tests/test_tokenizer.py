@@ -4,17 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from services.bitstream.vocabulary import BOS_ID, EOS_ID, MAX_PROMPT_TOKENS, VOCAB_SIZE
+from services.prompt.tokenizer import TOKENIZER_DIRNAME, ids_to_text, load_tokenizer, text_to_ids
 from services.settings import CodecSettings
-from services.tokenizer import (
-    BOS_ID,
-    EOS_ID,
-    MAX_PROMPT_TOKENS,
-    TOKENIZER_DIRNAME,
-    VOCAB_SIZE,
-    ids_to_text,
-    load_tokenizer,
-    text_to_ids,
-)
 
 
 @pytest.fixture(scope="module")

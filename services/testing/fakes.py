@@ -1,0 +1,89 @@
+"""Stand-ins for the diffusion model, for tests and benchmarks of the serving layer.
+
+``FakeReconstructor`` has the ``Reconstructor`` interface the decoder runtime uses
+(``load``, ``warmup``, ``decode_batch``) and draws flat images whose colour is a
+function of the job's seed, so candidates can be told apart.
+``create_fake_decoder_app`` is a uvicorn factory: the real decoder app (HTTP,
+scheduler, bitstream, prompt and sketch decoding) over ``PoisonReconstructor``,
+so overload and fault runs measure the service, not diffusion.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Sequence
+
+from PIL import Image
+
+POISON_TOKEN = 4242
+FAKE_DECODER = "services.testing.fakes:create_fake_decoder_app"  # uvicorn --factory target
+
+
+def seed_colour(seed: int) -> tuple[int, int, int]:
+    return (seed % 251, (seed >> 8) % 251, (seed >> 16) % 251)
+
+
+class FakeReconstructor:
+    """Records batches and draws flat images. ``gate`` holds batches; ``fail`` makes the next batch raise."""
+
+    def __init__(self, profile, settings=None, *, delay_s: float = 0.0) -> None:
+        self.profile = profile
+        self.device = "cpu"
+        self.delay_s = delay_s
+        self.batches: list[list] = []
+        self.warmed: list[int] = []
+        self.loaded = False
+        self.fail = False
+        self.gate = threading.Event()
+        self.gate.set()
+        self.batch_started = threading.Event()
+        self.load_delay_s = 0.0
+
+    def load(self) -> None:
+        time.sleep(self.load_delay_s)
+        self.loaded = True
+
+    def warmup(self, batch_sizes: Sequence[int]) -> None:
+        self.warmed = list(batch_sizes)
+
+    def decode_batch(self, jobs):
+        self.batch_started.set()
+        self.gate.wait(30)
+        self.batches.append(list(jobs))
+        time.sleep(self.delay_s)
+        if self.fail:
+            raise RuntimeError("fake model failure")
+        return [Image.new("RGB", (job.width, job.height), seed_colour(job.seed)) for job in jobs]
+
+
+class PoisonReconstructor(FakeReconstructor):
+    """A fake model whose batch raises when any job's prompt holds ``POISON_TOKEN`` (a failing pipeline call)."""
+
+    def decode_batch(self, jobs):
+        self.batches.append(list(jobs))
+        time.sleep(self.delay_s)
+        if any(POISON_TOKEN in job.token_ids for job in jobs):
+            raise RuntimeError("poisoned batch: the pipeline call failed")
+        return [Image.new("RGB", (job.width, job.height), (1, 2, 3)) for job in jobs]
+
+
+def create_fake_decoder_app():
+    """uvicorn factory: the real decoder app over ``PoisonReconstructor`` (flat images, fixed delay).
+
+    ``TEXTSKETCH_FAKE_DELAY_S`` (seconds per batch) and ``TEXTSKETCH_FAKE_LOAD_DELAY_S``
+    (seconds of "loading") are read here, when uvicorn calls the factory.
+    """
+    from decoder_service.app import create_app
+    from decoder_service.settings import DecoderSettings
+
+    delay_s = float(os.environ.get("TEXTSKETCH_FAKE_DELAY_S", "0.02"))
+    load_delay_s = float(os.environ.get("TEXTSKETCH_FAKE_LOAD_DELAY_S", "0"))
+
+    def factory(profile, codec):
+        fake = PoisonReconstructor(profile, codec, delay_s=delay_s)
+        fake.load_delay_s = load_delay_s
+        return fake
+
+    return create_app(DecoderSettings(), reconstructor_factory=factory)
