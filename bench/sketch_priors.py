@@ -1,4 +1,4 @@
-"""Fit the chain coder's initial counts (``services.sketch.chain_coder.PRIORS``) on Kodak HED maps.
+"""Fit the chain coder's initial counts (``services.sketch.contexts.PRIORS``) on Kodak HED maps.
 
 Codes the lossy maps of the Kodak images at levels 0-3, counts the symbols each
 table codes, and prints the integer tables: frequencies scaled to about
@@ -27,7 +27,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from services.sketch import chain_coder
+from services.sketch import chain_coder, contexts
 from services.sketch.lossy import lossy_bitmap
 
 
@@ -43,9 +43,9 @@ def fit(maps: list[np.ndarray], observations: int, smoothing: float) -> dict[str
         if name.startswith("turn"):
             pooled.update(c)
     pooled_total = sum(pooled.values())
-    scale = observations * chain_coder.INCREMENT
+    scale = observations * contexts.INCREMENT
     priors = {}
-    for name, shipped in chain_coder.PRIORS.items():
+    for name, shipped in contexts.PRIORS.items():
         c, total = counts[name], sum(counts[name].values())
         if name.startswith("turn"):
             freq = [(c[s] + smoothing * pooled[s] / pooled_total) / (total + smoothing) for s in range(len(shipped))]
@@ -56,12 +56,12 @@ def fit(maps: list[np.ndarray], observations: int, smoothing: float) -> dict[str
 
 
 def coded_bytes(maps: list[np.ndarray], priors: dict[str, tuple[int, ...]]) -> int:
-    saved = dict(chain_coder.PRIORS)
-    chain_coder.PRIORS.update(priors)
+    saved = dict(contexts.PRIORS)
+    contexts.PRIORS.update(priors)
     try:
         return sum(len(chain_coder.encode_bitmap(bits)[0]) for bits in maps)
     finally:
-        chain_coder.PRIORS.update(saved)
+        contexts.PRIORS.update(saved)
 
 
 def main() -> None:
@@ -86,14 +86,14 @@ def main() -> None:
     print("PRIORS fitted on", len(names), "images, levels", args.levels)
     for name, table in fitted.items():
         print(f"    {name!r}: {table},")
-    print("identical to the shipped PRIORS:", fitted == chain_coder.PRIORS)
-    flat = {name: (1,) * len(table) for name, table in chain_coder.PRIORS.items()}
+    print("identical to the shipped PRIORS:", fitted == contexts.PRIORS)
+    flat = {name: (1,) * len(table) for name, table in contexts.PRIORS.items()}
     on_odd = fit(select(odd, args.levels), args.observations, args.smoothing)
     on_even = fit(select(even, args.levels), args.observations, args.smoothing)
     print(f"\n{'level':>5} {'flat 1s':>7} {'shipped':>8} {'held out':>9}  (bytes of the coded maps, all images)")
     for q in args.levels:
         held_out = coded_bytes(select(even, [q]), on_odd) + coded_bytes(select(odd, [q]), on_even)
-        shipped = coded_bytes(select(names, [q]), chain_coder.PRIORS)
+        shipped = coded_bytes(select(names, [q]), contexts.PRIORS)
         print(f"{q:>5} {coded_bytes(select(names, [q]), flat):7d} {shipped:8d} {held_out:9d}")
 
 

@@ -3,10 +3,15 @@
 ======  =======  ==========================================================
 offset  size     field
 ======  =======  ==========================================================
-0       1        header: bits 7..5 version (2), bits 4..0 quality level
+0       1        header: bits 7..5 version (3), bits 4..0 quality level
 1       2        check: CRC-32 of (header, packed bitmap) & 0xFFFF, big-endian
-3       0..n     range-coder words, big-endian, trailing zero bytes removed
+3       0..n     the chain coder's bytes (integer range coder, canonical:
+                 trailing zero bytes removed, nothing else accepted)
 ======  =======  ==========================================================
+
+Versions: 3 (written now) codes with the integer range coder; 2 (bitstream v1
+payloads from before) with constriction's float-quantised categorical, and is
+still read (``services.sketch.legacy``) so old payloads keep decoding.
 
 The working size comes from the payload, so it is not stored; the quality level
 fixes the low-resolution grid (``services.sketch.lossy.LEVELS``) whose bilevel map
@@ -23,7 +28,8 @@ from services.errors import BitstreamError
 from services.sketch.chain_coder import decode_bitmap, encode_bitmap
 from services.sketch.lossy import LEVELS, QUALITY_LEVELS, low_res_size
 
-VERSION = 2  # 2: typed path starts and fitted initial counts (version 1 bodies are not decoded)
+VERSION = 3  # 3: integer range coder; 2: constriction (read only); 1: never decoded
+READ_VERSIONS = (2, 3)
 HEADER_BYTES = 3
 MAX_WORKING_PIXELS = 16 * 1024 * 1024
 
@@ -33,10 +39,19 @@ def _check(header: int, bits: np.ndarray) -> bytes:
     return (crc & 0xFFFF).to_bytes(2, "big")
 
 
-def encode_bitmap_body(bits: np.ndarray, quality: int) -> tuple[bytes, list[list[int]]]:
-    """Body for an already-lossy low-resolution map (the lossless stage plus header and check)."""
-    header = (VERSION << 5) | quality
-    data, paths = encode_bitmap(bits)
+def encode_bitmap_body(bits: np.ndarray, quality: int, version: int = VERSION) -> tuple[bytes, list[list[int]]]:
+    """Body for an already-lossy low-resolution map (the lossless stage plus header and check).
+
+    ``version=2`` writes the legacy constriction coding (comparisons and tests only)."""
+    if version not in READ_VERSIONS:
+        raise ValueError(f"sketch body version must be one of {READ_VERSIONS}, got {version}")
+    header = (version << 5) | quality
+    if version == 2:
+        from services.sketch.legacy import encode_bitmap_v2
+
+        data, paths = encode_bitmap_v2(bits)
+    else:
+        data, paths = encode_bitmap(bits)
     return bytes([header]) + _check(header, bits) + data, paths
 
 
@@ -45,10 +60,10 @@ def parse_header(body: bytes) -> int:
     if not isinstance(body, (bytes, bytearray, memoryview)) or len(body) < HEADER_BYTES:
         raise BitstreamError(f"sketch body too short: it needs at least {HEADER_BYTES} bytes; re-encode the image")
     header = body[0]
-    if header >> 5 != VERSION:
+    if header >> 5 not in READ_VERSIONS:
         raise BitstreamError(
-            f"unsupported sketch version {header >> 5}; this decoder reads version {VERSION}: "
-            "re-encode the image with this version of textsketch"
+            f"unsupported sketch version {header >> 5}; this decoder reads versions "
+            f"{', '.join(map(str, READ_VERSIONS))}: re-encode the image with this version of textsketch"
         )
     quality = header & 0x1F
     if quality not in QUALITY_LEVELS:
@@ -65,7 +80,12 @@ def decode_bitmap_body(body: bytes, width: int, height: int) -> tuple[int, np.nd
     if width * height > MAX_WORKING_PIXELS:
         raise BitstreamError(f"working size {width}x{height} exceeds the {MAX_WORKING_PIXELS}-pixel sketch limit")
     w, h = low_res_size(width, height, quality)
-    bits, paths = decode_bitmap(bytes(body[HEADER_BYTES:]), w, h)
+    if body[0] >> 5 == 2:
+        from services.sketch.legacy import decode_bitmap_v2
+
+        bits, paths = decode_bitmap_v2(bytes(body[HEADER_BYTES:]), w, h)
+    else:
+        bits, paths = decode_bitmap(bytes(body[HEADER_BYTES:]), w, h)
     if _check(body[0], bits) != bytes(body[1:HEADER_BYTES]):
         raise BitstreamError("corrupt or truncated sketch body (check mismatch); re-send the payload unmodified")
     return quality, bits, paths

@@ -1,4 +1,4 @@
-"""Lossless coding of a bilevel sketch as chains of 8-connected moves (integer-only models).
+"""Lossless coding of a bilevel sketch as chains of 8-connected moves, integers only.
 
 A bitmap is walked in raster order. The first unvisited 1-pixel starts a path;
 the path is followed forward, then backward from its start, one 8-neighbour at
@@ -19,106 +19,66 @@ a time, and every pixel it passes is marked visited. Coded symbols:
 Moves the decoder already knows are impossible (off the map, into a visited
 pixel, or into a pixel before the path's start in raster order, which must be 0)
 are removed from the alphabet; when no move is possible STOP is implied and not
-coded. Encoder and decoder run the same ``_walk``, so they cannot drift apart.
+coded. Encoder and decoder run the same ``walk``, so they cannot drift apart.
 
-Probability models are integer counts (initialised from fixed integer tables,
-``PRIORS``, fitted once on Kodak HED maps by ``bench/sketch_priors.py``;
-incremented by ``INCREMENT``, halved above ``LIMIT``). constriction receives
-them as float64 arrays holding those small integers, which are exact, and
-quantises them with its fixed-point ``Categorical(perfect=False)``; no float
-value computed from data ever reaches the coder. The bit-exactness argument and
-its one assumption are in ``docs/sketch.md``.
+Each symbol is coded under the integer counts of its context
+(``services.sketch.contexts``) restricted to the symbols still possible, by the
+integer range coder ``services.bitstream.range_coder``: every coded bit is
+computed from integers only. ``walk`` takes any *coder* with ``code(table,
+alphabet, symbol)`` and ``code_bits(value, n_bits)``; the legacy body version 2
+(``services.sketch.legacy``) runs the same walk over another entropy coder.
 """
 
 from __future__ import annotations
 
-import constriction
 import numpy as np
 
+from services.bitstream.range_coder import RangeDecoder, RangeEncoder
 from services.errors import BitstreamError
-
-cmodel = constriction.stream.model  # constriction exposes its submodules as attributes only
-cqueue = constriction.stream.queue
+from services.sketch.contexts import MAX_LENGTH_BITS, AdaptiveTable, Tables
 
 # Direction d -> (dx, dy): E, NE, N, NW, W, SW, S, SE (counter-clockwise, y down).
 DIRECTIONS = ((1, 0), (1, -1), (0, -1), (-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1))
 TURNS = (0, 1, 7, 2, 6, 3, 5)  # turn index -> (new - previous) mod 8; 4 (reverse) never happens
 STOP_TURN = len(TURNS)  # symbol index of STOP in the turn alphabet
 STOP_DIR = 8  # symbol index of STOP in the first-move alphabet
-MAX_LENGTH_BITS = 40  # bit length of ``skip + 1``; plenty for any permitted sketch
-INCREMENT = 16
-LIMIT = 1 << 13
 
 END, NEW, BRANCH = 0, 1, 2  # kinds of the next path start
 
-# Initial integer counts per table (part of the wire format: changing them needs a new body
-# version). Fitted by bench/sketch_priors.py on the symbols coded for the 24 Kodak HED maps at
-# levels 0-3: frequencies scaled to about 64 observations (x INCREMENT), at least 1; turn tables
-# smoothed towards all turns pooled. Index = symbol: kind END/NEW/BRANCH; length tables by bit
-# length 0..40 (0 unused); first moves E, NE, N, NW, W, SW, S, SE, STOP; turns in TURNS order + STOP;
-# turn tables by context last_turn * 2 + last_move_diagonal (last_turn 7 = "first move").
-_ONES = (1,) * 28
-PRIORS: dict[str, tuple[int, ...]] = {
-    "kind": (16, 323, 684),
-    "length_new": (1, 14, 62, 82, 93, 135, 166, 161, 137, 95, 52, 25, 3) + _ONES,
-    "length_branch": (1, 5, 87, 118, 182, 248, 232, 128, 20, 2, 1, 1, 1) + _ONES,
-    "first0": (321, 1, 1, 1, 1, 120, 304, 179, 102),
-    "first1": (7, 1, 1, 1, 1, 168, 1, 5, 845),
-    "turn0": (763, 100, 95, 1, 1, 1, 1, 64),
-    "turn1": (362, 277, 243, 56, 35, 1, 2, 49),
-    "turn2": (579, 127, 246, 1, 1, 1, 8, 62),
-    "turn3": (262, 307, 329, 24, 39, 1, 1, 64),
-    "turn4": (591, 285, 79, 1, 2, 1, 1, 66),
-    "turn5": (261, 430, 216, 38, 16, 1, 1, 64),
-    "turn6": (572, 167, 102, 5, 4, 1, 1, 173),
-    "turn7": (265, 153, 338, 68, 58, 2, 1, 140),
-    "turn8": (524, 200, 183, 4, 3, 1, 1, 108),
-    "turn9": (241, 278, 148, 128, 93, 1, 1, 136),
-    "turn10": (456, 143, 249, 11, 9, 1, 1, 155),
-    "turn11": (398, 124, 217, 31, 7, 1, 1, 244),
-    "turn12": (425, 319, 116, 10, 8, 1, 1, 145),
-    "turn13": (397, 214, 69, 24, 3, 1, 1, 317),
-    "turn14": (670, 79, 143, 3, 5, 1, 1, 124),
-    "turn15": (254, 281, 230, 46, 31, 1, 1, 182),
-}
 
-_CATEGORICAL = cmodel.Categorical(perfect=False)
+class IntegerCoder:
+    """One side of the integer range coder: ``code`` encodes ``symbol`` or, when decoding, returns one."""
 
+    __slots__ = ("record", "decoding", "stream")
 
-class AdaptiveTable:
-    """Integer symbol counts for one context."""
-
-    __slots__ = ("counts", "name")
-
-    def __init__(self, name: str) -> None:
-        self.counts = list(PRIORS[name])
-        self.name = name
-
-    def probabilities(self, alphabet: list[int]) -> np.ndarray:
-        return np.array([[self.counts[s] for s in alphabet]], dtype=np.float64)
-
-    def update(self, symbol: int) -> None:
-        counts = self.counts
-        counts[symbol] += INCREMENT
-        if counts[symbol] > LIMIT:
-            self.counts = [(c + 1) >> 1 for c in counts]
-
-
-class _Coder:
-    """One side of the range coder: ``code`` encodes ``symbol`` or, when decoding, returns one."""
-
-    def __init__(self, words: np.ndarray | None = None, record: list | None = None) -> None:
+    def __init__(self, data: bytes | None = None, record: list | None = None) -> None:
         self.record = record  # encoder only: (table name, symbol) of every modelled symbol
-        self.decoding = words is not None
-        self.stream = cqueue.RangeDecoder(words) if self.decoding else cqueue.RangeEncoder()
+        self.decoding = data is not None
+        self.stream = RangeDecoder(data) if self.decoding else RangeEncoder()
 
     def code(self, table: AdaptiveTable, alphabet: list[int], symbol: int | None) -> int:
-        """Code ``alphabet.index(symbol)`` with ``table``'s counts; return the symbol."""
-        probs = table.probabilities(alphabet)
+        """Code ``symbol`` (one of ``alphabet``) under ``table``'s counts of ``alphabet``; return the symbol."""
+        counts = table.counts
+        total = 0
+        for s in alphabet:
+            total += counts[s]
+        start = 0
         if self.decoding:
-            symbol = alphabet[int(self.stream.decode(_CATEGORICAL, probs)[0])]
+            target = self.stream.target(total)
+            for symbol in alphabet:
+                size = counts[symbol]
+                if target < start + size:
+                    break
+                start += size
+            self.stream.consume(start, size)
         else:
-            self.stream.encode(np.array([alphabet.index(symbol)], dtype=np.int32), _CATEGORICAL, probs)
+            for s in alphabet:
+                if s == symbol:
+                    break
+                start += counts[s]
+            else:
+                raise ValueError(f"symbol {symbol} is not in the alphabet {alphabet}")
+            self.stream.encode(start, counts[symbol], total)
             if self.record is not None:
                 self.record.append((table.name, symbol))
         table.update(symbol)
@@ -128,30 +88,17 @@ class _Coder:
         """Code ``n_bits`` raw bits of ``value`` (uniform), 16 at a time."""
         result = 0
         for shift in range(0, n_bits, 16):
-            size = 1 << min(16, n_bits - shift)
-            uniform = cmodel.Uniform(size)
+            width = min(16, n_bits - shift)
             if self.decoding:
-                chunk = int(self.stream.decode(uniform))
+                chunk = self.stream.decode_uniform(width)
             else:
-                chunk = (value >> shift) & (size - 1)
-                self.stream.encode(chunk, uniform)
+                chunk = (value >> shift) & ((1 << width) - 1)
+                self.stream.encode_uniform(chunk, width)
             result |= chunk << shift
         return result
 
 
-class _Tables:
-    def __init__(self) -> None:
-        self.kind = AdaptiveTable("kind")
-        self.length = {NEW: AdaptiveTable("length_new"), BRANCH: AdaptiveTable("length_branch")}
-        self.first = [AdaptiveTable("first0"), AdaptiveTable("first1")]  # forward, backward
-        # Context of a turn: the last turn (or "first move") and whether the last move was diagonal.
-        self.turn = [AdaptiveTable(f"turn{i}") for i in range((len(TURNS) + 1) * 2)]
-
-    def turn_table(self, last_turn: int, last_dir: int) -> AdaptiveTable:
-        return self.turn[last_turn * 2 + (last_dir & 1)]
-
-
-def _walk(coder: _Coder, width: int, height: int, bits: np.ndarray | None) -> list[list[int]]:
+def walk(coder, width: int, height: int, bits: np.ndarray | None) -> list[list[int]]:
     """Code (or decode) a bitmap; return its paths as lists of flat pixel indices.
 
     The walk runs on a grid padded by one pixel on each side whose border is
@@ -175,7 +122,7 @@ def _walk(coder: _Coder, width: int, height: int, bits: np.ndarray | None) -> li
         ones = np.flatnonzero(padded.reshape(-1)).tolist()
     offsets = tuple(dy * stride + dx for dx, dy in DIRECTIONS)
     next_one = 0
-    tables = _Tables()
+    tables = Tables()
     kinds = [END, NEW, BRANCH]
     lengths = list(range(1, MAX_LENGTH_BITS + 1))
     paths: list[list[int]] = []
@@ -290,28 +237,30 @@ def _chain(coder, tables, side, start, offsets, visited, flat) -> list[int]:
 
 
 def encode_bitmap(bits: np.ndarray, record: list | None = None) -> tuple[bytes, list[list[int]]]:
-    """Code a boolean H x W map; return the coded bytes (big-endian words, trailing zeros cut) and its paths.
+    """Code a boolean H x W map; return the canonical coded bytes and its paths.
 
     ``record``, if given, receives ``(table name, symbol)`` for every modelled symbol (prior fitting)."""
     height, width = bits.shape
-    coder = _Coder(record=record)
-    paths = _walk(coder, width, height, bits)
-    return coder.stream.get_compressed().astype(">u4").tobytes().rstrip(b"\0"), paths
+    coder = IntegerCoder(record=record)
+    paths = walk(coder, width, height, bits)
+    return coder.stream.finish(), paths
 
 
 def decode_bitmap(data: bytes, width: int, height: int) -> tuple[np.ndarray, list[list[int]]]:
-    """Inverse of ``encode_bitmap``: the boolean H x W map and its paths."""
-    if data and data[-1] == 0:
-        raise BitstreamError("corrupt sketch body: non-canonical trailing zero byte")
-    padded = bytes(data) + b"\0" * (-len(data) % 4)
-    words = np.frombuffer(padded, dtype=">u4").astype(np.uint32)
+    """Inverse of ``encode_bitmap``: the boolean H x W map and its paths; ``BitstreamError`` if malformed."""
+    coder = IntegerCoder(bytes(data))
     try:
-        paths = _walk(_Coder(words), width, height, None)
+        paths = walk(coder, width, height, None)
     except BitstreamError:
         raise
-    except (AssertionError, ValueError, IndexError, OverflowError) as exc:  # constriction: AssertionError
+    except (ValueError, IndexError, OverflowError) as exc:
         raise BitstreamError(f"corrupt sketch body ({type(exc).__name__})") from None
+    coder.stream.check_canonical()
+    return paths_to_bitmap(paths, width, height), paths
+
+
+def paths_to_bitmap(paths: list[list[int]], width: int, height: int) -> np.ndarray:
     bits = np.zeros(width * height, dtype=bool)
     for path in paths:
         bits[path] = True
-    return bits.reshape(height, width), paths
+    return bits.reshape(height, width)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from services.profiles import SketchKind
-from services.sketch.body import HEADER_BYTES, decode_bitmap_body, encode_bitmap_body
+from services.sketch.body import HEADER_BYTES, VERSION, decode_bitmap_body, encode_bitmap_body
 from services.sketch.lossy import LEVELS, QUALITY_LEVELS, lossy_bitmap
 from services.sketch.render import render
 
@@ -29,13 +29,15 @@ PRUNE_STEPS = 5  # byte-budget search: codings tried when dropping the weakest c
 
 
 def encode_sketch(
-    edges: np.ndarray, kind: SketchKind | str, *, quality: int = 2, target_bytes: int | None = None
+    edges: np.ndarray, kind: SketchKind | str, *, quality: int = 2, target_bytes: int | None = None,
+    version: int = VERSION,
 ) -> bytes:
     """Code an edge map (uint8 H x W at the working size) as a sketch body.
 
     With ``target_bytes`` the body is never over the budget (``quality`` is then
     ignored); see ``_fit_budget``; ``ValueError`` if the budget is
-    below the smallest possible body (``HEADER_BYTES``).
+    below the smallest possible body (``HEADER_BYTES``). ``version`` 2 writes the legacy
+    body (comparisons only).
     """
     edges = np.asarray(edges)
     if edges.ndim != 2 or edges.size == 0:
@@ -44,11 +46,11 @@ def encode_sketch(
         if quality not in QUALITY_LEVELS:
             raise ValueError(f"quality must be in 0..{len(LEVELS) - 1}, got {quality!r}")
         bits, _ = lossy_bitmap(edges, kind, quality)
-        return encode_bitmap_body(bits, quality)[0]
-    return _fit_budget(edges, kind, target_bytes)
+        return encode_bitmap_body(bits, quality, version)[0]
+    return _fit_budget(edges, kind, target_bytes, version)
 
 
-def _fit_budget(edges: np.ndarray, kind: SketchKind | str, target_bytes: int) -> bytes:
+def _fit_budget(edges: np.ndarray, kind: SketchKind | str, target_bytes: int, version: int = VERSION) -> bytes:
     """A body within ``target_bytes``: the finest level that fits (levels grow in size, so they
     are tried from the coarsest up), or the next finer level with its weakest chains dropped
     when that comes out larger."""
@@ -60,15 +62,16 @@ def _fit_budget(edges: np.ndarray, kind: SketchKind | str, target_bytes: int) ->
     best = b""
     for quality in QUALITY_LEVELS:
         bits, strength = lossy_bitmap(edges, kind, quality)
-        body, paths = encode_bitmap_body(bits, quality)
+        body, paths = encode_bitmap_body(bits, quality, version)
         if len(body) > target_bytes:
-            pruned = _prune_to_budget(bits.shape, paths, strength, quality, target_bytes, len(body))
+            pruned = _prune_to_budget(bits.shape, paths, strength, quality, target_bytes, len(body), version)
             return pruned if len(pruned) > len(best) else best
         best = body
     return best
 
 
-def _prune_to_budget(shape, paths, strength, quality: int, target_bytes: int, full_bytes: int) -> bytes:
+def _prune_to_budget(shape, paths, strength, quality: int, target_bytes: int, full_bytes: int,
+                     version: int = VERSION) -> bytes:
     """Keep the ``k`` strongest chains (sum of block maxima along them), ``k`` as large as fits:
     a first guess from the byte share of the kept pixels, then bisection (at most
     ``PRUNE_STEPS`` codings). ``k = 0``, the empty sketch, always fits."""
@@ -76,10 +79,11 @@ def _prune_to_budget(shape, paths, strength, quality: int, target_bytes: int, fu
     scores = np.array([int(flat_strength[path].sum()) for path in paths], dtype=np.int64)
     order = np.argsort(-scores, kind="stable")
     cumulative = np.cumsum([len(paths[i]) for i in order])
-    fraction = (target_bytes - HEADER_BYTES) / max(full_bytes - HEADER_BYTES, 1)
+    # First guess: the chains whose pixels make up the budget's share of the full body (integers only).
+    share = (target_bytes - HEADER_BYTES) * int(cumulative[-1]) // max(full_bytes - HEADER_BYTES, 1) if len(paths) else 0
     low, high = 0, len(paths)  # chains known to fit / known not to fit
-    best = encode_bitmap_body(np.zeros(shape, dtype=bool), quality)[0]
-    k = int(np.searchsorted(cumulative, fraction * cumulative[-1], side="right")) if len(paths) else 0
+    best = encode_bitmap_body(np.zeros(shape, dtype=bool), quality, version)[0]
+    k = int(np.searchsorted(cumulative, share, side="right")) if len(paths) else 0
     for _ in range(PRUNE_STEPS):
         k = min(max(k, low + 1), high - 1)
         if k <= low:
@@ -87,7 +91,7 @@ def _prune_to_budget(shape, paths, strength, quality: int, target_bytes: int, fu
         flat = np.zeros(shape[0] * shape[1], dtype=bool)
         for i in order[:k]:
             flat[paths[i]] = True
-        body = encode_bitmap_body(flat.reshape(shape), quality)[0]
+        body = encode_bitmap_body(flat.reshape(shape), quality, version)[0]
         if len(body) <= target_bytes:
             best, low = body, k
         else:
