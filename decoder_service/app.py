@@ -37,7 +37,7 @@ IMAGE_TYPES = {"image/png": "png", "image/webp": "webp", "image/jpeg": "jpeg"}
 _MSGPACK_BODY = {
     "requestBody": {
         "required": True,
-        "description": "A textsketch payload (bitstream v1) exactly as returned by the encoder's POST /encode.",
+        "description": "A textsketch payload (bitstream v2, or v1 written by older encoders) exactly as returned by the encoder's POST /encode.",
         "content": {"application/msgpack": {"schema": {"type": "string", "format": "binary"}}},
     }
 }

@@ -53,7 +53,7 @@ _IMAGE_BODY = {
 }
 _PAYLOAD_RESPONSES = {
     200: {
-        "description": "The payload (bitstream v1). Headers: X-Payload-Bytes, X-Bpp, X-Prompt-Bytes, "
+        "description": "The payload (bitstream v2). Headers: X-Payload-Bytes, X-Bpp, X-Prompt-Bytes, "
         "X-Sketch-Bytes, X-Candidate, X-Candidate-Selection.",
         "content": {"application/msgpack": {"schema": {"type": "string", "format": "binary"}}},
     },

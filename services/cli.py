@@ -34,7 +34,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     payload = parse(data)
     profile = PROFILES_BY_ID.get(payload.profile)
     info = {
-        "version": 1,
+        "version": payload.version,
         "profile": profile.name if profile else payload.profile,
         "profile_id": payload.profile,
         "width": payload.width,

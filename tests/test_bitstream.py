@@ -1,87 +1,100 @@
-"""Bitstream v1: round trips, golden file, limits, and fuzzing for the typed error."""
+"""Bitstream v2: golden payloads cross-checked through the coders, overhead, limits, and fuzzing for the typed error."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
-from pathlib import Path
 
 import msgpack
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.bitstream.container import (
+    MAX_BODY_BYTES,
     MAX_CANDIDATE,
     MAX_PIXELS,
     MAX_PROMPT_BYTES,
     MAX_SIDE,
-    MAX_SKETCH_BYTES,
-    TAG_V1,
+    TAG_V2,
     Mode,
     Payload,
     derive_seed,
     parse,
 )
+from services.bitstream.text_coder import decode_token_ids, encode_token_ids
 from services.errors import BitstreamError
-from services.profiles import ProfileId
+from services.profiles import ProfileId, get_profile
+from services.sketch.body import decode_bitmap_body
+from services.sketch.coder import decode_sketch, encode_sketch
+from tests.paths import GOLDEN
+from tests.test_sketch_coding import synthetic_edges
 
-GOLDEN = Path(__file__).parent / "golden"
 REGEN = os.environ.get("TEXTSKETCH_REGEN_GOLDEN") == "1"
+TOKENS = (320, 736, 1212, 638, 518, 2102, 267, 25602)  # CLIP ids of "a red house by the sea, cinematic"
 
 
 def golden_payloads() -> dict[str, Payload]:
-    """Fixed payloads pinned on disk: regenerate only with TEXTSKETCH_REGEN_GOLDEN=1."""
+    """Real payloads (real text and sketch bodies) pinned on disk: regenerate only with TEXTSKETCH_REGEN_GOLDEN=1."""
+    profile = get_profile("sd21-hed")
+    working = profile.working_size(768, 512)
+    sketch = encode_sketch(synthetic_edges(*working), profile.sketch_kind, quality=2)
+    prompt = encode_token_ids(TOKENS)
     return {
-        "payload_v1_pics": Payload(
-            profile=ProfileId.SD21_HED, width=768, height=512, mode=Mode.PICS,
-            prompt=bytes(range(1, 25)), sketch=bytes(range(256)) + bytes(44), candidate=3,
-        ),
-        "payload_v1_pic": Payload(
-            profile=ProfileId.TINY, width=100, height=60000 // 100, mode=Mode.PIC, prompt=b"\x07" * 20,
-        ),
+        "payload_v2_pic": Payload(ProfileId.SD21_HED, 768, 512, Mode.PIC, prompt),
+        "payload_v2_pics": Payload(ProfileId.SD21_HED, 768, 512, Mode.PICS, prompt, sketch),
+        "payload_v2_pics_candidate": Payload(ProfileId.SD21_HED, 768, 512, Mode.PICS, prompt, sketch, candidate=3),
+        "payload_v2_tiny_pic": Payload(ProfileId.TINY, 100, 600, Mode.PIC, encode_token_ids([49120] * 75)),
     }
 
 
-def field_dict(payload: Payload) -> dict:
-    return {
-        "profile": payload.profile, "width": payload.width, "height": payload.height,
-        "mode": int(payload.mode), "prompt": payload.prompt.hex(),
-        "sketch": payload.sketch.hex() if payload.sketch is not None else None,
-        "candidate": payload.candidate, "seed": derive_seed(payload),
+def decoded_fields(payload: Payload) -> dict:
+    """What a decoder makes of a payload: its fields, the seed, the token ids and the sketch it draws."""
+    fields = {
+        "version": payload.version, "profile": payload.profile, "width": payload.width, "height": payload.height,
+        "mode": int(payload.mode), "candidate": payload.candidate, "seed": derive_seed(payload),
+        "prompt_bytes": len(payload.prompt), "sketch_bytes": len(payload.sketch or b""),
+        "overhead_bytes": payload.overhead_bytes, "token_ids": decode_token_ids(payload.prompt),
     }
+    if payload.mode == Mode.PICS:
+        working = get_profile(payload.profile).working_size(payload.width, payload.height)
+        _, bits, _ = decode_bitmap_body(payload.sketch, *working)
+        fields["sketch_bitmap_sha256"] = hashlib.sha256(np.packbits(bits).tobytes()).hexdigest()
+        fields["sketch_map_sha256"] = hashlib.sha256(decode_sketch(payload.sketch, *working).tobytes()).hexdigest()
+    return fields
 
 
 @pytest.mark.parametrize("name", sorted(golden_payloads()))
-def test_golden_payload_is_pinned(name):
+def test_golden_payload_is_pinned_and_decodes_to_the_same_ids_and_sketch(name):
     payload = golden_payloads()[name]
     bin_path, json_path = GOLDEN / f"{name}.bin", GOLDEN / f"{name}.json"
     if REGEN:
-        GOLDEN.mkdir(exist_ok=True)
         bin_path.write_bytes(payload.to_bytes())
-        json_path.write_text(json.dumps(field_dict(payload), indent=1) + "\n")
+        json_path.write_text(json.dumps(decoded_fields(payload), indent=1) + "\n")
     data = bin_path.read_bytes()
     assert data == payload.to_bytes(), "wire format changed: bump the version or regenerate on purpose"
     parsed = parse(data)
-    assert parsed == payload
-    assert field_dict(parsed) == json.loads(json_path.read_text())
+    assert parsed == payload and parsed.version == 2
+    expected = json.loads(json_path.read_text())
+    assert decoded_fields(parsed) == expected
+    assert expected["token_ids"] == list(TOKENS) or name == "payload_v2_tiny_pic"
 
 
-def test_overhead_is_at_most_16_bytes():
-    pics = golden_payloads()["payload_v1_pics"]
-    assert pics.overhead_bytes == 16  # 300-byte sketch: bin16 header, 3-byte width/height
-    largest = Payload(ProfileId.SD21_HED, MAX_SIDE, MAX_SIDE // 4, Mode.PICS,
-                      b"p" * MAX_PROMPT_BYTES, b"s" * MAX_SKETCH_BYTES, MAX_CANDIDATE)
-    assert largest.overhead_bytes == 17  # only when the prompt body passes 255 bytes (> 75 tokens can't)
-    pic = Payload(ProfileId.SD21_HED, 768, 512, Mode.PIC, b"p" * 30)
-    assert pic.overhead_bytes == 14
-
-
-def test_prompt_of_75_tokens_keeps_overhead_at_16():
-    # A 75-token prompt at the uniform worst case (15.6 bits/token) is < 150 bytes: bin8.
-    payload = Payload(ProfileId.SD21_HED, 16384, 4096, Mode.PICS, b"p" * 255, b"s" * MAX_SKETCH_BYTES, MAX_CANDIDATE)
-    assert payload.overhead_bytes == 16
+def test_overhead_meets_the_v2_budget():
+    golden = golden_payloads()
+    assert golden["payload_v2_pic"].overhead_bytes == 9  # 1 array + 1 tag + 5 header + 2 bin8 header
+    assert golden["payload_v2_pics"].overhead_bytes == 10  # + prompt length byte (body under 256 bytes: bin8)
+    assert golden["payload_v2_pics_candidate"].overhead_bytes == 11  # + candidate
+    kodak_like = Payload(ProfileId.SD21_HED, 768, 512, Mode.PICS, b"p" * 20, b"s" * 300)
+    assert kodak_like.overhead_bytes == 11  # a few-hundred-byte sketch: bin16 header
+    # Test profiles (ids >= 8) need a uint64 header: 4 bytes more.
+    assert golden["payload_v2_tiny_pic"].overhead_bytes == 13
+    largest = Payload(ProfileId.SD15_CANNY, MAX_SIDE, MAX_SIDE // 4, Mode.PICS, b"p" * MAX_PROMPT_BYTES,
+                      b"s" * (MAX_BODY_BYTES - 1 - MAX_PROMPT_BYTES), MAX_CANDIDATE)
+    assert largest.overhead_bytes == 12
 
 
 payload_strategy = st.builds(
@@ -90,7 +103,7 @@ payload_strategy = st.builds(
     width=st.integers(1, MAX_SIDE),
     height=st.integers(1, 4096),
     mode=st.just(Mode.PIC),
-    prompt=st.binary(min_size=1, max_size=300),
+    prompt=st.binary(min_size=1, max_size=MAX_PROMPT_BYTES),
     sketch=st.none(),
     candidate=st.integers(0, MAX_CANDIDATE),
 ) | st.builds(
@@ -99,7 +112,7 @@ payload_strategy = st.builds(
     width=st.integers(1, 4096),
     height=st.integers(1, MAX_SIDE),
     mode=st.just(Mode.PICS),
-    prompt=st.binary(min_size=1, max_size=300),
+    prompt=st.binary(min_size=1, max_size=MAX_PROMPT_BYTES),
     sketch=st.binary(min_size=1, max_size=2000),
     candidate=st.integers(0, MAX_CANDIDATE),
 )
@@ -109,15 +122,14 @@ payload_strategy = st.builds(
 def test_round_trip_every_field(payload):
     data = payload.to_bytes()
     assert parse(data) == payload
-    assert len(data) - len(payload.prompt) - len(payload.sketch or b"") <= 17
+    assert payload.overhead_bytes <= 16
 
 
 def test_seed_depends_on_bytes_and_candidate_only():
-    payload = golden_payloads()["payload_v1_pics"]
+    payload = golden_payloads()["payload_v2_pics_candidate"]
     assert derive_seed(payload) == derive_seed(parse(payload.to_bytes()))
     assert derive_seed(payload) == derive_seed(payload.with_candidate(0), candidate=3)
-    seeds = {derive_seed(payload, candidate=k) for k in range(0, 9)}
-    assert len(seeds) == 9
+    assert len({derive_seed(payload, candidate=k) for k in range(0, 9)}) == 9
     assert 0 <= derive_seed(payload) < 2**63
 
 
@@ -125,27 +137,32 @@ def pack(fields) -> bytes:
     return msgpack.packb(fields, use_bin_type=True)
 
 
-GOOD = [TAG_V1, 1, 768, 512, 1, b"prompt", b"sketch", 0]
+def header(profile=1, mode=1, width=768, height=512) -> int:
+    return profile << 29 | mode << 28 | (width - 1) << 14 | (height - 1)
+
+
+GOOD = [TAG_V2, header(), bytes([6]) + b"prompt" + b"sketch"]
 
 
 @pytest.mark.parametrize(
     "fields, message",
     [
-        ([TAG_V1 + 1, *GOOD[1:]], "unsupported bitstream version 2"),
-        ([0x11, *GOOD[1:]], "missing format marker"),
-        (GOOD[:7], "expected a msgpack array of 8 fields"),
-        ([*GOOD[:1], 99, *GOOD[2:]], "unknown model profile id 99"),
-        ([*GOOD[:2], 0, *GOOD[3:]], "width must be an integer in 1..16384"),
-        ([*GOOD[:3], MAX_SIDE + 1, *GOOD[4:]], "height must be an integer"),
-        ([*GOOD[:2], MAX_SIDE, MAX_SIDE, *GOOD[4:]], f"exceeds the {MAX_PIXELS}-pixel limit"),
-        ([*GOOD[:4], 2, *GOOD[5:]], "mode must be 0 (PIC) or 1 (PICS)"),
-        ([*GOOD[:5], b"", *GOOD[6:]], "prompt must be 1..1024 bytes"),
-        ([*GOOD[:5], b"x" * (MAX_PROMPT_BYTES + 1), *GOOD[6:]], "prompt must be 1..1024 bytes"),
-        ([*GOOD[:4], 0, *GOOD[5:]], "a PIC payload must not carry a sketch"),
-        ([*GOOD[:6], None, 0], "a PICS payload needs a sketch"),
-        ([*GOOD[:7], MAX_CANDIDATE + 1], "candidate must be an integer in 0..64"),
-        ([*GOOD[:7], True], "candidate must be an integer"),
-        ([*GOOD[:2], 768.0, *GOOD[3:]], "width must be an integer"),
+        ([0x63, *GOOD[1:]], "unsupported bitstream version 3"),
+        ([0x11, *GOOD[1:]], "not a text+sketch payload"),
+        (GOOD[:2], "array of 3 or 4 fields"),
+        ([TAG_V2, header(profile=5), GOOD[2]], "unknown model profile id 5"),
+        ([TAG_V2, header(width=MAX_SIDE, height=MAX_SIDE), GOOD[2]], f"exceeds the {MAX_PIXELS}-pixel limit"),
+        ([TAG_V2, -1, GOOD[2]], "header must be an unsigned integer"),
+        ([TAG_V2, 2.5, GOOD[2]], "header must be an unsigned integer"),
+        ([TAG_V2, header(), b""], "body must be non-empty"),
+        ([TAG_V2, header(), bytes([0]) + b"xyz"], "declaring a 0-byte prompt"),
+        ([TAG_V2, header(), bytes([9]) + b"prompt"], "declaring a 9-byte prompt"),
+        ([TAG_V2, header(), bytes([6]) + b"prompt"], "declaring a 6-byte prompt"),  # no sketch left
+        ([TAG_V2, header(mode=0), b"x" * (MAX_PROMPT_BYTES + 1)], f"prompt must be 1..{MAX_PROMPT_BYTES} bytes"),
+        ([*GOOD, 0], "candidate, when present, must be an integer in 1..64"),
+        ([*GOOD, True], "candidate, when present"),
+        ([*GOOD, MAX_CANDIDATE + 1], "candidate must be an integer in 0..64"),
+        ([TAG_V2, header(), "text"], "truncated or corrupt"),
     ],
 )
 def test_invalid_fields_are_named(fields, message):
@@ -154,16 +171,15 @@ def test_invalid_fields_are_named(fields, message):
     assert message in str(info.value)
 
 
-def test_strings_maps_and_non_canonical_encodings_are_refused():
-    with pytest.raises(BitstreamError, match="truncated or corrupt"):
-        parse(pack([*GOOD[:5], "text", *GOOD[6:]]))  # str instead of bin
-    with pytest.raises(BitstreamError):
-        parse(pack([*GOOD[:7], {"a": 1}]))
+def test_non_canonical_encodings_are_refused():
     canonical = pack(GOOD)
-    padded_width = canonical.replace(b"\xcd\x03\x00", b"\xce\x00\x00\x03\x00", 1)  # uint32 for 768
-    assert padded_width != canonical
-    with pytest.raises(BitstreamError, match="non-canonical"):
-        parse(padded_width)
+    assert parse(canonical).sketch == b"sketch"
+    as_uint64 = canonical.replace(b"\xce", b"\xcf\x00\x00\x00\x00", 1)  # the header as uint64
+    bin16_body = canonical.replace(bytes([0xC4, len(GOOD[2])]), bytes([0xC5, 0, len(GOOD[2])]), 1)
+    for data in (as_uint64, bin16_body):
+        assert data != canonical
+        with pytest.raises(BitstreamError, match="non-canonical"):
+            parse(data)
 
 
 @pytest.mark.parametrize("data, message", [
@@ -178,7 +194,7 @@ def test_whole_body_errors(data, message):
 
 
 def test_every_truncation_is_a_typed_error():
-    data = golden_payloads()["payload_v1_pics"].to_bytes()
+    data = golden_payloads()["payload_v2_pics_candidate"].to_bytes()
     for cut in range(len(data)):
         with pytest.raises(BitstreamError):
             parse(data[:cut])
@@ -186,7 +202,7 @@ def test_every_truncation_is_a_typed_error():
 
 def test_declared_huge_bin_is_refused_before_allocation():
     # A bin32 header declaring 4 GiB inside a tiny body must fail fast, without allocating it.
-    data = bytes([0x98, TAG_V1, 1, 1, 1, 1, 0xC6, 0xFF, 0xFF, 0xFF, 0xFF]) + b"x" * 10
+    data = bytes([0x93, TAG_V2, 0xCE, 0x30, 0, 0, 0, 0xC6, 0xFF, 0xFF, 0xFF, 0xFF]) + b"x" * 10
     with pytest.raises(BitstreamError):
         parse(data)
 
@@ -203,7 +219,8 @@ def test_random_bytes_only_raise_bitstream_error(data):
 @settings(max_examples=300)
 @given(st.data())
 def test_mutated_golden_bytes_only_raise_bitstream_error(data):
-    base = bytearray(golden_payloads()["payload_v1_pics"].to_bytes())
+    name = data.draw(st.sampled_from(sorted(golden_payloads())))
+    base = bytearray((GOLDEN / f"{name}.bin").read_bytes())
     for _ in range(data.draw(st.integers(1, 8))):
         position = data.draw(st.integers(0, len(base) - 1))
         base[position] = data.draw(st.integers(0, 255))
@@ -215,10 +232,10 @@ def test_mutated_golden_bytes_only_raise_bitstream_error(data):
 
 
 def test_mutation_sweep_quick():
-    """Deterministic sweep: every single-byte value at every header position."""
-    base = golden_payloads()["payload_v1_pics"].to_bytes()
+    """Deterministic sweep: every single-byte value at every header position, then random edits."""
+    base = golden_payloads()["payload_v2_pics_candidate"].to_bytes()
     rng = random.Random(0)
-    for position in range(14):
+    for position in range(12):
         for value in range(256):
             mutated = bytearray(base)
             mutated[position] = value
@@ -241,3 +258,5 @@ def test_payload_constructor_validates():
         Payload(ProfileId.SD21_HED, 768, 512, Mode.PICS, b"p", None)
     with pytest.raises(BitstreamError):
         Payload(ProfileId.SD21_HED, 768, 512, Mode.PIC, b"", None)
+    with pytest.raises(BitstreamError, match="unsupported bitstream version 3"):
+        Payload(ProfileId.SD21_HED, 768, 512, Mode.PIC, b"p", None, version=3)

@@ -97,10 +97,36 @@ def msgpack_traps() -> list[bytes]:
         msgpack.packb([0x62, 7, 768, 512, 0, b"\x01", None, 0], use_bin_type=True),  # version 2
         msgpack.packb([0x61, 7, 768, 512, 0, b"\x01", None, 0, 0], use_bin_type=True),  # 9 fields
         msgpack.packb(list(range(8)), use_bin_type=True),
+        *_v2_traps(),
         b"\x80", b"\xc0", b"\xc1" * 64, b"\x00" * 1024, b"\xff" * 70000,
         b"GET / HTTP/1.1\r\n\r\n", b"\x89PNG\r\n\x1a\n",
     ]
     return traps
+
+
+def _v2_traps() -> list[bytes]:
+    """Version 2 bodies with lying headers, lengths and types (array of 3 or 4: tag, header, body, candidate)."""
+    def header(profile=1, mode=0, width=768, height=512):
+        return profile << 29 | mode << 28 | (width - 1) << 14 | (height - 1)
+
+    head = bytes([0x93, 0x62])
+    return [
+        head, head + b"\xce", head + b"\xce\x30\x00\x00\x00",
+        head + b"\xce\x30\x00\x00\x00\xc6\xff\xff\xff\xff",  # bin32 declaring 4 GiB
+        head + b"\xce\x30\x00\x00\x00\xdd\xff\xff\xff\xff",  # array32 of 4 G items
+        head + b"\xce\x30\x00\x00\x00" + b"\x91" * 5000 + b"\x00",  # deep nesting
+        msgpack.packb([0x62, header(), b"\x01", 0], use_bin_type=True),  # candidate 0 written out
+        msgpack.packb([0x62, header(width=16384, height=16384), b"\x01"], use_bin_type=True),
+        msgpack.packb([0x62, header(mode=1), bytes([200]) + b"\x01" * 10], use_bin_type=True),  # prompt past the end
+        msgpack.packb([0x62, header(mode=1), bytes([1, 1])], use_bin_type=True),  # no sketch
+        msgpack.packb([0x62, header(profile=0), b"\x01"], use_bin_type=True),
+        msgpack.packb([0x62, 2**64 - 1, b"\x01"], use_bin_type=True),
+        msgpack.packb([0x62, -5, b"\x01"], use_bin_type=True),
+        msgpack.packb([0x62, header(), "text not bin"], use_bin_type=True),
+        msgpack.packb([0x63, header(), b"\x01"], use_bin_type=True),  # version 3
+        msgpack.packb([0x62, header(), b"\x01", 65], use_bin_type=True),
+        msgpack.packb([0x62, header(), b"\x01", 1, 1], use_bin_type=True),  # 5 fields
+    ]
 
 
 def hostile_payloads(n: int, seed: int = 0) -> Iterator[bytes]:
