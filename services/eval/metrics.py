@@ -84,8 +84,8 @@ def ms_ssim_arrays(x: np.ndarray, y: np.ndarray, data_range: float = 255.0) -> f
             f"MS-SSIM needs images of at least {MS_SSIM_MIN_SIDE}x{MS_SSIM_MIN_SIDE} pixels (five scales of an "
             f"11-pixel window), got {width}x{height}")
 
-    def tensor(array: np.ndarray):
+    def tensor(array: np.ndarray):  # float32 in 0..1, as CompressAI feeds it (float64 convolutions are 3x slower)
         array = array[:, :, None] if array.ndim == 2 else array
-        return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))[None]
+        return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1) / data_range, dtype=np.float32))[None]
 
-    return float(_ms_ssim(tensor(x), tensor(y), data_range=data_range, size_average=True))
+    return float(_ms_ssim(tensor(x), tensor(y), data_range=1.0, size_average=True))
