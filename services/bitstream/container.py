@@ -204,8 +204,7 @@ def _unpack(data: bytes) -> list:
 
 def _payload_v1(fields: list) -> Payload:
     _, profile, width, height, mode, prompt, sketch, candidate = fields
-    _validate_fields(profile, width, height, mode, prompt, sketch, candidate, 1)
-    return Payload(profile, width, height, Mode(mode), prompt, sketch, candidate, version=1)
+    return Payload(profile, width, height, mode, prompt, sketch, candidate, version=1)  # validates every field
 
 
 def _payload_v2(fields: list) -> Payload:
@@ -227,8 +226,7 @@ def _payload_v2(fields: list) -> Payload:
             raise _fail(f"a PICS body holds a prompt length (1..{MAX_PROMPT_BYTES}), the prompt and a sketch; "
                         f"got {len(body)} bytes declaring a {length}-byte prompt")
         prompt, sketch = body[1 : 1 + length], body[1 + length :]
-    _validate_fields(profile, width, height, mode, prompt, sketch, candidate, 2)
-    return Payload(profile, width, height, Mode(mode), prompt, sketch, candidate, version=2)
+    return Payload(profile, width, height, mode, prompt, sketch, candidate, version=2)  # validates every field
 
 
 def derive_seed(payload: Payload, candidate: int | None = None) -> int:

@@ -14,7 +14,16 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from services.eval.metrics import ALL_METRICS, ALWAYS, OPTIONAL_PAIR, OPTIONAL_SET, MetricUnavailable, ms_ssim, psnr
+from services.eval.metrics import (
+    ALL_METRICS,
+    ALWAYS,
+    MS_SSIM_MIN_SIDE,
+    OPTIONAL_PAIR,
+    OPTIONAL_SET,
+    MetricUnavailable,
+    ms_ssim,
+    psnr,
+)
 from services.settings import CodecSettings
 
 
@@ -64,13 +73,12 @@ class MetricSuite:
     def pair(self, reference: Image.Image, test: Image.Image) -> dict[str, float]:
         self.load()
         scores = {"psnr": psnr(reference, test)}
-        try:
+        if min(reference.size) >= MS_SSIM_MIN_SIDE:
             scores["ms_ssim"] = ms_ssim(reference, test)
-        except ValueError as exc:
-            if "at least" not in str(exc):
-                raise
+        else:
             scores["ms_ssim"] = math.nan
-            self.skipped.setdefault("ms_ssim", f"not scored on some images: {exc}")
+            self.skipped.setdefault("ms_ssim", f"not scored on images under {MS_SSIM_MIN_SIDE} px on a side "
+                                                "(five scales of an 11-pixel window do not fit)")
         for name, metric in self._pair_metrics.items():
             scores[name] = float(metric(reference, test))
         return scores

@@ -46,13 +46,17 @@ def encode_bitmap_body(bits: np.ndarray, quality: int, version: int = VERSION) -
     if version not in READ_VERSIONS:
         raise ValueError(f"sketch body version must be one of {READ_VERSIONS}, got {version}")
     header = (version << 5) | quality
-    if version == 2:
-        from services.sketch.legacy import encode_bitmap_v2
-
-        data, paths = encode_bitmap_v2(bits)
-    else:
-        data, paths = encode_bitmap(bits)
+    data, paths = _lossless(version)[0](bits)
     return bytes([header]) + _check(header, bits) + data, paths
+
+
+def _lossless(version: int):
+    """(encode, decode) of a body version's lossless stage; the legacy coder is imported only when needed."""
+    if version == 2:
+        from services.sketch.legacy import decode_bitmap_v2, encode_bitmap_v2
+
+        return encode_bitmap_v2, decode_bitmap_v2
+    return encode_bitmap, decode_bitmap
 
 
 def parse_header(body: bytes) -> int:
@@ -80,12 +84,7 @@ def decode_bitmap_body(body: bytes, width: int, height: int) -> tuple[int, np.nd
     if width * height > MAX_WORKING_PIXELS:
         raise BitstreamError(f"working size {width}x{height} exceeds the {MAX_WORKING_PIXELS}-pixel sketch limit")
     w, h = low_res_size(width, height, quality)
-    if body[0] >> 5 == 2:
-        from services.sketch.legacy import decode_bitmap_v2
-
-        bits, paths = decode_bitmap_v2(bytes(body[HEADER_BYTES:]), w, h)
-    else:
-        bits, paths = decode_bitmap(bytes(body[HEADER_BYTES:]), w, h)
+    bits, paths = _lossless(body[0] >> 5)[1](bytes(body[HEADER_BYTES:]), w, h)
     if _check(body[0], bits) != bytes(body[1:HEADER_BYTES]):
         raise BitstreamError("corrupt or truncated sketch body (check mismatch); re-send the payload unmodified")
     return quality, bits, paths

@@ -25,7 +25,7 @@ Each symbol is coded under the integer counts of its context
 (``services.sketch.contexts``) restricted to the symbols still possible, by the
 integer range coder ``services.bitstream.range_coder``: every coded bit is
 computed from integers only. ``walk`` takes any *coder* with ``code(table,
-alphabet, symbol)`` and ``code_bits(value, n_bits)``; the legacy body version 2
+alphabet, symbol)`` and ``code_uniform(value, n_bits)`` (at most 16 bits); the legacy body version 2
 (``services.sketch.legacy``) runs the same walk over another entropy coder.
 """
 
@@ -84,18 +84,22 @@ class IntegerCoder:
         table.update(symbol)
         return symbol
 
-    def code_bits(self, value: int | None, n_bits: int) -> int:
-        """Code ``n_bits`` raw bits of ``value`` (uniform), 16 at a time."""
-        result = 0
-        for shift in range(0, n_bits, 16):
-            width = min(16, n_bits - shift)
-            if self.decoding:
-                chunk = self.stream.decode_uniform(width)
-            else:
-                chunk = (value >> shift) & ((1 << width) - 1)
-                self.stream.encode_uniform(chunk, width)
-            result |= chunk << shift
-        return result
+    def code_uniform(self, value: int | None, n_bits: int) -> int:
+        """Code ``n_bits`` (1..16) equally likely bits of ``value`` or, when decoding, return them."""
+        if self.decoding:
+            return self.stream.decode_uniform(n_bits)
+        self.stream.encode_uniform(value, n_bits)
+        return value
+
+
+def code_bits(coder, value: int | None, n_bits: int) -> int:
+    """Code ``n_bits`` raw bits of ``value`` (uniform), 16 at a time, with any coder."""
+    result = 0
+    for shift in range(0, n_bits, 16):
+        width = min(16, n_bits - shift)
+        chunk = None if value is None else (value >> shift) & ((1 << width) - 1)
+        result |= coder.code_uniform(chunk, width) << shift
+    return result
 
 
 def walk(coder, width: int, height: int, bits: np.ndarray | None) -> list[list[int]]:
@@ -144,7 +148,7 @@ def walk(coder, width: int, height: int, bits: np.ndarray | None) -> list[list[i
         if kind == END:
             return [[(q // stride - 1) * width + q % stride - 1 for q in path] for path in paths]
         n_bits = coder.code(tables.length[kind], lengths, None if value is None else value.bit_length())
-        skip = ((1 << (n_bits - 1)) | coder.code_bits(value, n_bits - 1)) - 1
+        skip = ((1 << (n_bits - 1)) | code_bits(coder, value, n_bits - 1)) - 1
         if flat is None:
             start = _nth_unvisited(near, pos, skip) if kind == NEW else _nth_set(touching, pos, skip)
         visited[start] = 1
@@ -249,18 +253,20 @@ def encode_bitmap(bits: np.ndarray, record: list | None = None) -> tuple[bytes, 
 def decode_bitmap(data: bytes, width: int, height: int) -> tuple[np.ndarray, list[list[int]]]:
     """Inverse of ``encode_bitmap``: the boolean H x W map and its paths; ``BitstreamError`` if malformed."""
     coder = IntegerCoder(bytes(data))
+    bits, paths = decode_with(coder, width, height)
+    coder.stream.check_canonical()
+    return bits, paths
+
+
+def decode_with(coder, width: int, height: int) -> tuple[np.ndarray, list[list[int]]]:
+    """Run the walk as a decoder with ``coder``: the map and its paths; any coder failure is a ``BitstreamError``."""
     try:
         paths = walk(coder, width, height, None)
     except BitstreamError:
         raise
-    except (ValueError, IndexError, OverflowError) as exc:
+    except (AssertionError, ValueError, IndexError, OverflowError) as exc:  # constriction raises AssertionError
         raise BitstreamError(f"corrupt sketch body ({type(exc).__name__})") from None
-    coder.stream.check_canonical()
-    return paths_to_bitmap(paths, width, height), paths
-
-
-def paths_to_bitmap(paths: list[list[int]], width: int, height: int) -> np.ndarray:
     bits = np.zeros(width * height, dtype=bool)
     for path in paths:
         bits[path] = True
-    return bits.reshape(height, width)
+    return bits.reshape(height, width), paths

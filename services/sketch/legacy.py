@@ -15,7 +15,7 @@ import constriction
 import numpy as np
 
 from services.errors import BitstreamError
-from services.sketch.chain_coder import paths_to_bitmap, walk
+from services.sketch.chain_coder import decode_with, walk
 from services.sketch.contexts import AdaptiveTable
 
 _model = constriction.stream.model  # constriction exposes its submodules as attributes only
@@ -39,18 +39,12 @@ class ConstrictionCoder:
         table.update(symbol)
         return symbol
 
-    def code_bits(self, value: int | None, n_bits: int) -> int:
-        result = 0
-        for shift in range(0, n_bits, 16):
-            size = 1 << min(16, n_bits - shift)
-            uniform = _model.Uniform(size)
-            if self.decoding:
-                chunk = int(self.stream.decode(uniform))
-            else:
-                chunk = (value >> shift) & (size - 1)
-                self.stream.encode(chunk, uniform)
-            result |= chunk << shift
-        return result
+    def code_uniform(self, value: int | None, n_bits: int) -> int:
+        uniform = _model.Uniform(1 << n_bits)
+        if self.decoding:
+            return int(self.stream.decode(uniform))
+        self.stream.encode(value, uniform)
+        return value
 
 
 def encode_bitmap_v2(bits: np.ndarray) -> tuple[bytes, list[list[int]]]:
@@ -67,10 +61,4 @@ def decode_bitmap_v2(data: bytes, width: int, height: int) -> tuple[np.ndarray, 
         raise BitstreamError("corrupt sketch body: non-canonical trailing zero byte")
     padded = bytes(data) + b"\0" * (-len(data) % 4)
     words = np.frombuffer(padded, dtype=">u4").astype(np.uint32)
-    try:
-        paths = walk(ConstrictionCoder(words), width, height, None)
-    except BitstreamError:
-        raise
-    except (AssertionError, ValueError, IndexError, OverflowError) as exc:  # constriction: AssertionError
-        raise BitstreamError(f"corrupt sketch body ({type(exc).__name__})") from None
-    return paths_to_bitmap(paths, width, height), paths
+    return decode_with(ConstrictionCoder(words), width, height)

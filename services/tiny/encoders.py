@@ -48,6 +48,14 @@ TINY_WORDS = [
 # tokens and token ids of these test models, not passwords.
 
 
+_TOY_WIDTHS = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4}
+
+
+def _toy_vision(layers: int) -> dict:
+    """A vision tower of toy widths on 32x32 images in 8x8 patches."""
+    return {**_TOY_WIDTHS, "num_hidden_layers": layers, "image_size": 32, "patch_size": 8}
+
+
 def build_tiny_clip(directory: Path, seed: int = 0) -> Path:
     """A 2-layer CLIP with the real 49,408-token vocabulary and 32x32 images."""
     import torch
@@ -56,24 +64,15 @@ def build_tiny_clip(directory: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     config = CLIPConfig(
         text_config={
+            **_TOY_WIDTHS,
             "vocab_size": VOCAB_SIZE,
-            "hidden_size": 32,
-            "intermediate_size": 37,
-            "num_attention_heads": 4,
             "num_hidden_layers": 2,
             "max_position_embeddings": 77,
             "bos_token_id": BOS_ID,
             "eos_token_id": EOS_ID,
             "pad_token_id": 1,  # nosec B105
         },
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 37,
-            "num_attention_heads": 4,
-            "num_hidden_layers": 2,
-            "image_size": 32,
-            "patch_size": 8,
-        },
+        vision_config=_toy_vision(layers=2),
         projection_dim=16,
     )
     CLIPModel(config).save_pretrained(directory)
@@ -92,10 +91,8 @@ def build_tiny_blip(directory: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     config = BlipConfig(
         text_config={
+            **_TOY_WIDTHS,
             "vocab_size": len(vocab),
-            "hidden_size": 32,
-            "intermediate_size": 37,
-            "num_attention_heads": 4,
             "num_hidden_layers": 1,
             "encoder_hidden_size": 32,
             "max_position_embeddings": 64,
@@ -104,20 +101,14 @@ def build_tiny_blip(directory: Path, seed: int = 0) -> Path:
             "sep_token_id": vocab["[SEP]"],
             "eos_token_id": vocab["[SEP]"],
         },
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 37,
-            "num_attention_heads": 4,
-            "num_hidden_layers": 1,
-            "image_size": 32,
-            "patch_size": 8,
-        },
+        vision_config=_toy_vision(layers=1),
         projection_dim=16,
     )
     BlipForConditionalGeneration(config).save_pretrained(directory)
     image_processor = BlipImageProcessor(size={"height": 32, "width": 32})
     BlipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(directory)
     return directory
+
 
 _BUILDERS = {"clip": build_tiny_clip, "caption": build_tiny_blip}
 
