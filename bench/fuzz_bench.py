@@ -42,6 +42,7 @@ import psutil
 from services.bitstream.container import parse
 from services.codec import check_working_size, payload_to_job
 from services.errors import BitstreamError, ProfileMismatchError
+from services.limits import DEFAULT_MAX_WORKING_PIXELS
 from services.profiles import PROFILES_BY_ID
 from services.testing.fakes import FAKE_DECODER
 from services.testing.hostile import hostile_payloads
@@ -49,7 +50,7 @@ from services.testing.load import percentile, post_all
 from services.testing.payloads import locally_valid
 from services.testing.servers import start_process
 
-MAX_WORKING_PIXELS = 4 * 1024 * 1024
+MAX_WORKING_PIXELS = DEFAULT_MAX_WORKING_PIXELS  # CodecSettings.max_working_pixels default
 
 
 def parser_part(n: int, seed: int, time_limit_s: float) -> dict:

@@ -138,10 +138,11 @@ class DecoderRuntime:
         """Decode jobs of a payload (CPU: token ids, sketch, control image); one per candidate index."""
         from services.codec import candidate_jobs, payload_to_job
 
-        limit = self.settings.max_working_pixels
+        limits = {"max_working_pixels": self.settings.codec.max_working_pixels,
+                  "max_output_pixels": self.settings.codec.max_output_pixels}
         if not candidates:
-            return [payload_to_job(payload, self.profile, max_working_pixels=limit)]
-        return candidate_jobs(payload, self.profile, candidates, max_working_pixels=limit)
+            return [payload_to_job(payload, self.profile, **limits)]
+        return candidate_jobs(payload, self.profile, candidates, **limits)
 
     def bucket_key(self, job: Any) -> tuple:
         return (int(self.profile.id), *job.bucket_key())

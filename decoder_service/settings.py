@@ -22,10 +22,6 @@ class DecoderSettings(BaseSettings):
     warmup_batch_sizes: list[int] | None = Field(
         None, description="Batch sizes to warm up; default every size 1..max_batch_size plus powers of two up to max_candidates.")
     max_body_bytes: int = Field(80 * 1024, ge=1, description="Largest accepted request body (payloads are < 67 KiB).")
-    max_working_pixels: int = Field(
-        4 * 1024 * 1024, ge=64 * 64,
-        description="Largest working size (w*h) a payload may ask for; extreme aspect ratios (e.g. 16384x1, working "
-        "8388608x512) get 422 instead of a multi-GB allocation.")
     drain_timeout_s: float = Field(120.0, gt=0, description="On shutdown, how long to wait for accepted requests.")
     disconnect_poll_s: float = Field(0.05, gt=0, description="How often a waiting request checks its client is still there.")
     auth_token: SecretStr | None = Field(None, description="When set, /decode and /candidates need `Authorization: Bearer <token>` (health and metrics stay open).")

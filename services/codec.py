@@ -23,6 +23,7 @@ from PIL import Image
 from services.bitstream.container import Mode, Payload, derive_seed, parse
 from services.errors import BitstreamError, ImageTooLargeError
 from services.imaging import resize
+from services.limits import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_WORKING_PIXELS, fit_within
 from services.profiles import ModelProfile, check_served
 from services.reconstruction.jobs import DecodeJob
 from services.settings import CodecSettings
@@ -31,20 +32,30 @@ if TYPE_CHECKING:
     from services.reconstruction.reconstructor import Reconstructor
 
 
-DEFAULT_MAX_WORKING_PIXELS = 4 * 1024 * 1024  # 2048x2048: far above any real profile's 512-short-side size
+def check_working_dimensions(profile: ModelProfile, width: int, height: int, max_working_pixels: int,
+                             error: type[Exception] = BitstreamError, what: str = "payload") -> tuple[int, int]:
+    """The working size of a ``width`` x ``height`` original, or ``error`` when it is over the limit.
 
-
-def check_working_size(payload: Payload, profile: ModelProfile, max_working_pixels: int) -> None:
-    """Refuse payloads whose working size is over the limit, before anything is allocated at that size.
-
-    Every side of the original is legal on its own, but an extreme aspect ratio
-    (16384x1) scales to a multi-gigapixel working size.
+    Every side may be legal on its own while an extreme aspect ratio (16384x1) scales to a
+    multi-gigapixel working size; this runs before anything is allocated at that size.
     """
-    working_w, working_h = profile.working_size(payload.width, payload.height)
+    working_w, working_h = profile.working_size(width, height)
     if working_w * working_h > max_working_pixels:
+        raise error(
+            f"{what} {width}x{height} needs a {working_w}x{working_h} working size, over the "
+            f"{max_working_pixels}-pixel limit (max_working_pixels); use a less extreme aspect ratio")
+    return working_w, working_h
+
+
+def check_working_size(payload: Payload, profile: ModelProfile, max_working_pixels: int,
+                       max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS) -> None:
+    """Refuse payloads whose working or output size is over the limits (``BitstreamError``, 422)."""
+    if payload.width * payload.height > max_output_pixels:
         raise BitstreamError(
-            f"invalid payload: {payload.width}x{payload.height} needs a {working_w}x{working_h} working size, over "
-            f"this decoder's {max_working_pixels}-pixel limit; use a less extreme aspect ratio")
+            f"invalid payload: it declares a {payload.width}x{payload.height} output, over this decoder's "
+            f"{max_output_pixels}-pixel limit (max_output_pixels)")
+    check_working_dimensions(profile, payload.width, payload.height, max_working_pixels,
+                             what="invalid payload: the declared size")
 
 
 @dataclass(frozen=True)
@@ -97,12 +108,11 @@ def encode_image(image: Image.Image, settings: CodecSettings, options: EncodeOpt
 
     profile = settings.model_profile()
     image = image.convert("RGB")
-    working_w, working_h = profile.working_size(image.width, image.height)
-    if working_w * working_h > settings.max_image_pixels:
-        raise ImageTooLargeError(
-            f"a {image.width}x{image.height} image needs a {working_w}x{working_h} working size, over the "
-            f"{settings.max_image_pixels}-pixel limit; crop it to a less extreme aspect ratio")
+    working_w, working_h = check_working_dimensions(
+        profile, image.width, image.height, settings.max_working_pixels, ImageTooLargeError, "image")
     working = resize(image, working_w, working_h)
+    # The payload never declares more than max_output_pixels: larger originals are coded as if downscaled.
+    out_w, out_h = fit_within(image.width, image.height, settings.max_output_pixels)
 
     source = options.prompt_source or settings.prompt_source
     prompt_ids = tuple(make_prompt_ids(working, source, settings, text=options.text))
@@ -115,12 +125,12 @@ def encode_image(image: Image.Image, settings: CodecSettings, options: EncodeOpt
         quality = settings.sketch_quality if options.quality is None else options.quality
         target = options.target_bytes if options.target_bytes is not None else settings.sketch_target_bytes
         sketch_body = encode_sketch(edges, profile.sketch_kind, quality=quality, target_bytes=target)
-        sketch = decode_sketch(sketch_body, working_w, working_h)
+        sketch = decode_sketch(sketch_body, working_w, working_h, settings.max_working_pixels)
 
     payload = Payload(
         profile=int(profile.id),
-        width=image.width,
-        height=image.height,
+        width=out_w,
+        height=out_h,
         mode=options.mode,
         prompt=prompt_body,
         sketch=sketch_body,
@@ -133,6 +143,7 @@ def payload_to_job(
     profile: ModelProfile,
     candidate: int | None = None,
     max_working_pixels: int = DEFAULT_MAX_WORKING_PIXELS,
+    max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
 ) -> DecodeJob:
     """Everything the diffusion stage needs for one payload, checked and decoded.
 
@@ -145,12 +156,12 @@ def payload_to_job(
     from services.sketch.render import control_image
 
     check_served(payload.profile, profile)
-    check_working_size(payload, profile, max_working_pixels)
+    check_working_size(payload, profile, max_working_pixels, max_output_pixels)
     working_w, working_h = profile.working_size(payload.width, payload.height)
     token_ids = tuple(decode_token_ids(payload.prompt))
     control = None
     if payload.mode == Mode.PICS:
-        sketch = decode_sketch(payload.sketch, working_w, working_h)
+        sketch = decode_sketch(payload.sketch, working_w, working_h, max_working_pixels)
         control = control_image(sketch, profile.sketch_kind)
     return DecodeJob(
         token_ids=token_ids,
@@ -177,6 +188,7 @@ def candidate_jobs(
     profile: ModelProfile,
     indices: Sequence[int],
     max_working_pixels: int = DEFAULT_MAX_WORKING_PIXELS,
+    max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
 ) -> list[DecodeJob]:
     """The jobs for the given candidate indices of a payload (the published selection trick).
 
@@ -185,5 +197,5 @@ def candidate_jobs(
     """
     from dataclasses import replace
 
-    job = payload_to_job(payload, profile, max_working_pixels=max_working_pixels)
+    job = payload_to_job(payload, profile, max_working_pixels=max_working_pixels, max_output_pixels=max_output_pixels)
     return [replace(job, seed=derive_seed(payload, k)) for k in indices]

@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.limits import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_WORKING_PIXELS
 from services.profiles import ModelProfile, get_profile
 
 
@@ -34,6 +35,16 @@ class CodecSettings(BaseSettings):
     # Image limits (encoder side).
     max_image_pixels: int = Field(40_000_000, description="Largest decoded input image, in pixels.")
     max_upload_bytes: int = Field(32 * 1024 * 1024, description="Largest accepted image file, in bytes.")
+
+    # Limits shared by encoder, decoder and sketch coder (services.limits).
+    max_working_pixels: int = Field(
+        DEFAULT_MAX_WORKING_PIXELS, ge=64 * 64,
+        description="Largest working size (w*h, the size diffusion runs at). The encoder refuses images that "
+        "need more (413), the decoder and sketch coder refuse payloads that ask for more (422).")
+    max_output_pixels: int = Field(
+        DEFAULT_MAX_OUTPUT_PIXELS, ge=64 * 64,
+        description="Largest output size (w*h) a payload may declare. The encoder codes larger images at a size "
+        "scaled down to fit (aspect kept); the decoder refuses payloads that declare more (422).")
 
     # Prompt stage.
     prompt_source: str = Field("caption", description="Default prompt source: pez, caption or given.")

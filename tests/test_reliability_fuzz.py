@@ -17,6 +17,7 @@ from services.bitstream.container import Mode, Payload, parse
 from services.bitstream.text_coder import encode_token_ids
 from services.codec import check_working_size, payload_to_job
 from services.errors import BitstreamError, ProfileMismatchError
+from services.limits import DEFAULT_MAX_WORKING_PIXELS
 from services.profiles import PROFILES_BY_ID, get_profile
 from services.testing.fakes import FAKE_DECODER
 from services.testing.hostile import hostile_payloads, msgpack_traps
@@ -24,7 +25,7 @@ from services.testing.load import post_all
 from services.testing.payloads import locally_valid
 from services.testing.servers import start_process
 
-MAX_WORKING_PIXELS = 4 * 1024 * 1024  # DecoderSettings.max_working_pixels default
+MAX_WORKING_PIXELS = DEFAULT_MAX_WORKING_PIXELS  # CodecSettings.max_working_pixels default
 
 
 def decode_like_the_decoder(body: bytes) -> str:

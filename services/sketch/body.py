@@ -25,13 +25,13 @@ import zlib
 import numpy as np
 
 from services.errors import BitstreamError
+from services.limits import DEFAULT_MAX_WORKING_PIXELS
 from services.sketch.chain_coder import decode_bitmap, encode_bitmap
 from services.sketch.lossy import LEVELS, QUALITY_LEVELS, low_res_size
 
 VERSION = 3  # 3: integer range coder; 2: constriction (read only); 1: never decoded
 READ_VERSIONS = (2, 3)
 HEADER_BYTES = 3
-MAX_WORKING_PIXELS = 16 * 1024 * 1024
 
 
 def _check(header: int, bits: np.ndarray) -> bytes:
@@ -75,14 +75,15 @@ def parse_header(body: bytes) -> int:
     return quality
 
 
-def decode_bitmap_body(body: bytes, width: int, height: int) -> tuple[int, np.ndarray, list[list[int]]]:
+def decode_bitmap_body(body: bytes, width: int, height: int,
+                       max_working_pixels: int = DEFAULT_MAX_WORKING_PIXELS) -> tuple[int, np.ndarray, list[list[int]]]:
     """Quality level, low-resolution map and chains of a body at the working size ``width`` x ``height``."""
     quality = parse_header(body)
     if not all(isinstance(side, (int, np.integer)) and side >= 1 for side in (width, height)):
         raise ValueError(f"working size must be positive integers, got {width!r} x {height!r}")
     width, height = int(width), int(height)
-    if width * height > MAX_WORKING_PIXELS:
-        raise BitstreamError(f"working size {width}x{height} exceeds the {MAX_WORKING_PIXELS}-pixel sketch limit")
+    if width * height > max_working_pixels:
+        raise BitstreamError(f"working size {width}x{height} exceeds the {max_working_pixels}-pixel sketch limit")
     w, h = low_res_size(width, height, quality)
     bits, paths = _lossless(body[0] >> 5)[1](bytes(body[HEADER_BYTES:]), w, h)
     if _check(body[0], bits) != bytes(body[1:HEADER_BYTES]):

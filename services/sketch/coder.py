@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from services.limits import DEFAULT_MAX_WORKING_PIXELS
 from services.profiles import SketchKind
 from services.sketch.body import HEADER_BYTES, VERSION, decode_bitmap_body, encode_bitmap_body
 from services.sketch.lossy import LEVELS, QUALITY_LEVELS, lossy_bitmap
@@ -100,7 +101,9 @@ def _prune_to_budget(shape, paths, strength, quality: int, target_bytes: int, fu
     return best
 
 
-def decode_sketch(body: bytes, width: int, height: int) -> np.ndarray:
-    """Decode a sketch body to its line map (uint8 H x W, 0/255) at the working size; ``BitstreamError`` if malformed."""
-    quality, bits, paths = decode_bitmap_body(body, width, height)
+def decode_sketch(body: bytes, width: int, height: int,
+                  max_working_pixels: int = DEFAULT_MAX_WORKING_PIXELS) -> np.ndarray:
+    """Decode a sketch body to its line map (uint8 H x W, 0/255) at the working size; ``BitstreamError`` if malformed
+    or if the working size is over ``max_working_pixels``."""
+    quality, bits, paths = decode_bitmap_body(body, width, height, max_working_pixels)
     return render(paths, bits, LEVELS[quality].factor, width, height)
