@@ -79,15 +79,16 @@ def cmd_encode(args: argparse.Namespace) -> int:
         with TextSketchClient(encoder_url=args.encoder_url) as client:
             data = client.encode(_read_file(args.image), **{k: v for k, v in options.items() if v is not None})
     else:
-        from services.codec import EncodeOptions, encode_image, parse_mode
-        from services.imaging import load_image
+        from services.codec import EncodeOptions, encode_image, image_working_size, parse_mode
+        from services.imaging import load_image_for_coding
 
         settings = CodecSettings(**({"profile": args.profile} if args.profile else {}))
-        image = load_image(
-            _read_file(args.image), max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels
+        loaded = load_image_for_coding(
+            _read_file(args.image), max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels,
+            working_size=image_working_size(settings),
         )
         options["mode"] = parse_mode(args.mode)
-        data = encode_image(image, settings, EncodeOptions(**options)).data
+        data = encode_image(loaded.image, settings, EncodeOptions(**options), loaded.size).data
     _write_file(args.output, data)
     payload = parse(data)
     print(f"{args.output}: {len(data)} bytes, {payload.bpp(len(data)):.5f} bpp "

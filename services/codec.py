@@ -13,7 +13,8 @@ work without loading torch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -45,6 +46,13 @@ def check_working_dimensions(profile: ModelProfile, width: int, height: int, max
             f"{what} {width}x{height} needs a {working_w}x{working_h} working size, over the "
             f"{max_working_pixels}-pixel limit (max_working_pixels); use a less extreme aspect ratio")
     return working_w, working_h
+
+
+def image_working_size(settings: CodecSettings) -> Callable[[int, int], tuple[int, int]]:
+    """``working_size`` for ``services.imaging.load_image``: an image's working size under ``settings``,
+    or ``ImageTooLargeError`` (413) when it is over ``max_working_pixels``, checked from the file's header."""
+    return functools.partial(check_working_dimensions, settings.model_profile(),
+                             max_working_pixels=settings.max_working_pixels, error=ImageTooLargeError, what="image")
 
 
 def check_working_size(payload: Payload, profile: ModelProfile, max_working_pixels: int,
@@ -99,8 +107,13 @@ def parse_mode(value: str | int | Mode) -> Mode:
         raise ValueError(f"unknown mode {value!r}; use pic (prompt only) or pics (prompt + sketch)") from None
 
 
-def encode_image(image: Image.Image, settings: CodecSettings, options: EncodeOptions = EncodeOptions()) -> EncodeResult:
-    """Code an RGB image as a payload under the configured profile."""
+def encode_image(image: Image.Image, settings: CodecSettings, options: EncodeOptions = EncodeOptions(),
+                 original_size: tuple[int, int] | None = None) -> EncodeResult:
+    """Code an RGB image as a payload under the configured profile.
+
+    ``original_size`` is the original's size when ``image`` was decoded at a reduced scale
+    (``services.imaging.load_image_for_coding``); the payload declares it, the working size follows from it.
+    """
     from services.bitstream.text_coder import encode_token_ids
     from services.prompt.sources import make_prompt_ids
     from services.sketch.coder import decode_sketch, encode_sketch
@@ -108,11 +121,12 @@ def encode_image(image: Image.Image, settings: CodecSettings, options: EncodeOpt
 
     profile = settings.model_profile()
     image = image.convert("RGB")
+    width, height = original_size or image.size
     working_w, working_h = check_working_dimensions(
-        profile, image.width, image.height, settings.max_working_pixels, ImageTooLargeError, "image")
+        profile, width, height, settings.max_working_pixels, ImageTooLargeError, "image")
     working = resize(image, working_w, working_h)
     # The payload never declares more than max_output_pixels: larger originals are coded as if downscaled.
-    out_w, out_h = fit_within(image.width, image.height, settings.max_output_pixels)
+    out_w, out_h = fit_within(width, height, settings.max_output_pixels)
 
     source = options.prompt_source or settings.prompt_source
     prompt_ids = tuple(make_prompt_ids(working, source, settings, text=options.text))

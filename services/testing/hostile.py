@@ -171,6 +171,14 @@ def png_zero_bomb(side: int = 8000) -> bytes:
             + _png_chunk(b"IEND", b""))
 
 
+def png_1bit(width: int = 40000, height: int = 1000) -> bytes:
+    """A real, valid 1-bit black PNG: 40 Mpx (as RGB 120 MB) in about 5 kB; its working size is 20480x512."""
+    rows = (b"\x00" + b"\x00" * ((width + 7) // 8)) * height
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(rows, 9))
+            + _png_chunk(b"IEND", b""))
+
+
 def png_ztxt_bomb(megabytes: int = 64) -> bytes:
     """A valid 8x8 PNG carrying a zTXt chunk that inflates to ``megabytes`` MB of text."""
     base = _save(Image.new("RGB", (8, 8), (1, 2, 3)), "PNG")
@@ -222,6 +230,11 @@ def hostile_images(max_upload_bytes: int, *, include_zero_bomb: bool = True) -> 
         HostileImage("gif_declares_65535x65535", gif_declaring(65535, 65535), "image/gif", (413,)),
         HostileImage("jpeg_declares_60000x60000", jpeg_declaring(60000, 60000), "image/jpeg", (413,)),
         HostileImage("png_declares_0x0", png_declaring(0, 0), "image/png", (413, 415, 422)),
+        # Within the 40 Mpx limit, but its working size is 10 Mpx: refused from the header, never decoded.
+        HostileImage("png_1bit_40000x1000", png_1bit(), "image/png", (413,)),
+        # A 16x16 JPEG whose header says 6000x6000 (36 Mpx, legal): Pillow fills the missing data, so it is
+        # encoded; decoded at 1/8 scale (750x750), not at 6000x6000.
+        HostileImage("jpeg_declares_6000x6000", jpeg_declaring(6000, 6000), "image/jpeg", (200,)),
         HostileImage("png_ztxt_bomb_64MB_text", png_ztxt_bomb(), "image/png", (200, 413, 422)),
         HostileImage("truncated_png", png[: len(png) // 2], "image/png", (422,)),
         HostileImage("truncated_jpeg", jpeg[: len(jpeg) // 2], "image/jpeg", (422,)),
