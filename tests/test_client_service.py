@@ -49,7 +49,8 @@ def test_sync_client_sends_options_and_raises_typed_errors(tmp_path):
         return httpx.Response(429, headers={"Retry-After": "3"},
                               content=json.dumps({"error": "queue_full", "detail": "decode queue is full"}))
 
-    with TextSketchClient("http://enc", "http://dec", token="t0k", transport=httpx.MockTransport(handler)) as client:
+    with TextSketchClient("http://enc", "http://dec", token="t0k", transport=httpx.MockTransport(handler),
+                          retries=0) as client:
         data = client.encode(image_path, mode="pic", prompt_source="given", text="a cat", candidate_fallback=True)
         with pytest.raises(ServiceClientError) as busy:
             client.decode(data, fmt="jpeg")
@@ -68,7 +69,8 @@ def test_unreachable_service_is_a_client_error_with_status_zero():
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("refused", request=request)
 
-    with TextSketchClient(decoder_url="http://127.0.0.1:9", transport=httpx.MockTransport(refuse)) as client:
+    with TextSketchClient(decoder_url="http://127.0.0.1:9", transport=httpx.MockTransport(refuse),
+                          retries=0) as client:
         with pytest.raises(ServiceClientError) as info:
             client.decode(pic_payload())
         with pytest.raises(ServiceClientError) as missing:

@@ -117,7 +117,8 @@ class ServiceCodec:
     def __init__(self, encoder_url: str, decoder_url: str | None) -> None:
         from services.serving.client import TextSketchClient
 
-        self.client = TextSketchClient(encoder_url, decoder_url)
+        # Busy services answer 429/503: retried with their Retry-After (the wait counts in the timings).
+        self.client = TextSketchClient(encoder_url, decoder_url, retries=5)
 
     def encode(self, image: Image.Image, path: Path, mode: Mode, options: dict) -> bytes:
         return self.client.encode(path, mode=mode, **options)

@@ -7,10 +7,17 @@
 
 Every non-2xx answer raises ``ServiceClientError`` carrying the status, the
 service's error code and its detail message (and ``retry_after_s`` for 429/503).
+
+``encode``, ``decode`` and ``candidates`` are retried (tenacity) when the service
+answers 429 or 503, waiting its ``Retry-After`` (at most ``max_retry_wait_s``) plus
+up to ``RETRY_JITTER_S`` of random jitter, and when the connection could not be
+made; at most ``retries`` times, then the last error is raised. Every other status
+is raised at once. They are pure functions of their input, so a retry is safe.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +25,24 @@ from typing import Any
 
 import httpx
 import msgpack
+from tenacity import (
+    AsyncRetrying,
+    Retrying,
+    before_sleep_log,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exception,
+    wait_random,
+)
 from typing_extensions import Self
 
 from services.errors import CodecError
+
+log = logging.getLogger("textsketch.client")
+
+RETRY_STATUSES = frozenset({429, 503})  # overloaded, loading or draining: the same request may succeed later
+RETRY_JITTER_S = 0.5  # up to this much random delay on top of each wait, so retrying clients spread out
+CONNECT_RETRY_WAIT_S = 1.0  # wait before retrying a connection that could not be made (no Retry-After)
 
 IMAGE_MEDIA = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg", "jpg": "image/jpeg"}
 _SUFFIX_MEDIA = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
@@ -95,7 +117,31 @@ def _check(response: httpx.Response) -> httpx.Response:
 
 
 def _unreachable(url: str | None, exc: httpx.HTTPError) -> ServiceClientError:
-    return ServiceClientError(0, "unreachable", f"cannot reach {url}: {exc!r}")
+    """Status 0: ``unreachable`` when no connection could be made (retried), ``timeout`` or
+    ``connection_error`` when it broke off after the request may have reached the service (not retried)."""
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+        return ServiceClientError(0, "unreachable", f"cannot reach {url}: {exc!r}")
+    if isinstance(exc, httpx.TimeoutException):
+        return ServiceClientError(0, "timeout", f"no answer from {url} in time: {exc!r}")
+    return ServiceClientError(0, "connection_error", f"connection to {url} failed: {exc!r}")
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, ServiceClientError) and (exc.status in RETRY_STATUSES or exc.code == "unreachable")
+
+
+def _retry_options(retries: int, max_retry_wait_s: float) -> dict[str, Any]:
+    """tenacity settings: ``retries`` retries of a retryable error, waiting Retry-After (capped) plus jitter."""
+    if retries < 0 or max_retry_wait_s < 0:
+        raise ValueError(f"retries and max_retry_wait_s must be >= 0, got {retries} and {max_retry_wait_s}")
+
+    def wait_s(exc: BaseException) -> float:
+        after = getattr(exc, "retry_after_s", None)
+        return min(CONNECT_RETRY_WAIT_S if after is None else after, max_retry_wait_s)
+
+    return {"stop": stop_after_attempt(retries + 1), "wait": wait_exception(wait_s) + wait_random(0, RETRY_JITTER_S),
+            "retry": retry_if_exception(_retryable), "reraise": True,
+            "before_sleep": before_sleep_log(log, logging.INFO)}
 
 
 def _candidates(response: httpx.Response) -> Candidates:
@@ -110,12 +156,18 @@ def _base(url: str | None, which: str) -> str:
 
 
 class TextSketchClient:
-    """Blocking client. Either URL may be omitted if that service is not used."""
+    """Blocking client. Either URL may be omitted if that service is not used.
+
+    ``retries``: how often a 429, a 503 or a failed connection is retried (0 = never);
+    ``max_retry_wait_s`` caps the wait a service's ``Retry-After`` asks for.
+    """
 
     def __init__(self, encoder_url: str | None = None, decoder_url: str | None = None, *,
-                 token: str | None = None, timeout_s: float = 300.0, transport: httpx.BaseTransport | None = None):
+                 token: str | None = None, timeout_s: float = 300.0, transport: httpx.BaseTransport | None = None,
+                 retries: int = 3, max_retry_wait_s: float = 30.0):
         self.encoder_url = encoder_url
         self.decoder_url = decoder_url
+        self._retry = _retry_options(retries, max_retry_wait_s)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(timeout=timeout_s, headers=headers, transport=transport)
 
@@ -129,6 +181,9 @@ class TextSketchClient:
         self._http.close()
 
     def _post(self, url: str, **kwargs) -> httpx.Response:
+        return Retrying(**self._retry)(self._post_once, url, **kwargs)
+
+    def _post_once(self, url: str, **kwargs) -> httpx.Response:
         try:
             return _check(self._http.post(url, **kwargs))
         except httpx.HTTPError as exc:
@@ -164,9 +219,10 @@ class AsyncTextSketchClient:
 
     def __init__(self, encoder_url: str | None = None, decoder_url: str | None = None, *,
                  token: str | None = None, timeout_s: float = 300.0,
-                 transport: httpx.AsyncBaseTransport | None = None):
+                 transport: httpx.AsyncBaseTransport | None = None, retries: int = 3, max_retry_wait_s: float = 30.0):
         self.encoder_url = encoder_url
         self.decoder_url = decoder_url
+        self._retry = _retry_options(retries, max_retry_wait_s)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.AsyncClient(timeout=timeout_s, headers=headers, transport=transport)
 
@@ -180,6 +236,9 @@ class AsyncTextSketchClient:
         await self._http.aclose()
 
     async def _post(self, url: str, **kwargs) -> httpx.Response:
+        return await AsyncRetrying(**self._retry)(self._post_once, url, **kwargs)
+
+    async def _post_once(self, url: str, **kwargs) -> httpx.Response:
         try:
             return _check(await self._http.post(url, **kwargs))
         except httpx.HTTPError as exc:
