@@ -1,6 +1,6 @@
 # Encoder service (CPU): slim Python image with the CPU build of torch.
 #   docker build -t textsketch-encoder:cpu .
-# The same image runs the decoder on CPU (docker-compose.cpu.yml) for hosts without a GPU.
+# The same image runs the decoder on CPU (docker-compose.yml, profile cpu) for hosts without a GPU.
 FROM python:3.11-slim
 
 ARG TORCH_VERSION=2.13.0
@@ -39,4 +39,5 @@ EXPOSE 8001
 HEALTHCHECK --interval=15s --timeout=5s --start-period=600s --retries=3 \
   CMD ["curl", "-fsS", "http://127.0.0.1:8001/health/ready"]
 
-CMD ["uvicorn", "--factory", "encoder_service.app:create_app", "--host", "0.0.0.0", "--port", "8001", "--timeout-graceful-shutdown", "60"]
+# The launcher sets uvicorn's graceful-shutdown timeout above the service's drain timeout.
+CMD ["python", "-m", "encoder_service", "--host", "0.0.0.0", "--port", "8001"]

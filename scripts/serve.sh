@@ -15,11 +15,11 @@ ENCODER_PORT=${ENCODER_PORT:-8001}
 DECODER_PORT=${DECODER_PORT:-8002}
 export TEXTSKETCH_ENCODER_DECODER_URL=${TEXTSKETCH_ENCODER_DECODER_URL:-http://127.0.0.1:$DECODER_PORT}
 
-"$VENV/bin/python" -m uvicorn --factory decoder_service.app:create_app \
-  --host 127.0.0.1 --port "$DECODER_PORT" --timeout-graceful-shutdown 60 &
+# The launchers run uvicorn with a graceful-shutdown timeout above each service's own drain
+# timeout, a request-head timeout and a connection cap (TEXTSKETCH_SERVER_*, docs/services.md).
+"$VENV/bin/python" -m decoder_service --host 127.0.0.1 --port "$DECODER_PORT" &
 DECODER_PID=$!
-"$VENV/bin/python" -m uvicorn --factory encoder_service.app:create_app \
-  --host 127.0.0.1 --port "$ENCODER_PORT" &
+"$VENV/bin/python" -m encoder_service --host 127.0.0.1 --port "$ENCODER_PORT" &
 ENCODER_PID=$!
 trap 'kill -TERM $ENCODER_PID $DECODER_PID 2>/dev/null; wait' INT TERM EXIT
 wait

@@ -3,6 +3,7 @@ Dockerfiles linted with hadolint, and the invariants the deployment relies on.""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -102,3 +103,96 @@ def test_byte_deciding_libraries_are_pinned_exactly_and_installed_with_constrain
     for path in ("scripts/setup.sh", "Dockerfile", "Dockerfile.gpu"):
         assert "-c constraints.txt" in (REPO / path).read_text(), path
     assert "COPY constraints.txt" in (REPO / "Dockerfile").read_text()
+
+
+# --- Every place that starts a service uses the launcher (python -m <service>), whose uvicorn
+# graceful-shutdown timeout is the service's drain timeout plus a margin (services/serving/server.py).
+
+STARTERS = ["Dockerfile", "Dockerfile.gpu", "docker-compose.yml", *sorted(
+    str(p.relative_to(REPO)) for p in [*(REPO / "scripts").glob("*.sh"), *(REPO / "deploy").rglob("*")] if p.is_file())]
+COMPOSE_SERVICES = {"encoder": "encoder_service", "decoder": "decoder_service", "decoder-cpu": "decoder_service"}
+
+
+def _dockerfile_cmd(name: str) -> list[str]:
+    lines = [line for line in (REPO / name).read_text().splitlines() if line.startswith("CMD ")]
+    assert len(lines) == 1, name
+    return json.loads(lines[0].removeprefix("CMD "))
+
+
+def _default_drain_timeout_s(service: str) -> float:
+    from decoder_service.settings import DecoderSettings
+    from encoder_service.__main__ import DEFAULT_DRAIN_TIMEOUT_S
+    from encoder_service.settings import EncoderSettings
+
+    settings = {"decoder_service": DecoderSettings, "encoder_service": EncoderSettings}[service]
+    field = settings.model_fields.get("drain_timeout_s")
+    return field.default if field is not None else DEFAULT_DRAIN_TIMEOUT_S
+
+
+@pytest.mark.parametrize("path", STARTERS)
+def test_no_place_starts_a_service_with_plain_uvicorn(path):
+    """``uvicorn --factory ...`` would set (or forget) the graceful timeout by hand, apart from the drain timeout."""
+    code = [line for line in (REPO / path).read_text().splitlines() if not line.lstrip().startswith("#")]
+    for line in code:
+        assert "uvicorn" not in line and "create_app" not in line, f"{path}: {line.strip()} (use python -m <service>)"
+
+
+def test_every_container_and_script_starts_services_through_the_launcher(compose):
+    assert _dockerfile_cmd("Dockerfile")[:3] == ["python", "-m", "encoder_service"]
+    assert _dockerfile_cmd("Dockerfile.gpu")[:3] == ["python", "-m", "decoder_service"]
+    images = {"Dockerfile": _dockerfile_cmd("Dockerfile"), "Dockerfile.gpu": _dockerfile_cmd("Dockerfile.gpu")}
+    for name, service in COMPOSE_SERVICES.items():
+        spec = compose["services"][name]
+        command = spec.get("command") or images[spec["build"]["dockerfile"]]
+        assert command[:3] == ["python", "-m", service], name
+        assert command[command.index("--host") + 1] == "0.0.0.0", name
+    serve = (REPO / "scripts" / "serve.sh").read_text()
+    assert "-m decoder_service" in serve and "-m encoder_service" in serve
+
+
+def test_compose_stop_grace_period_covers_the_launchers_graceful_timeout(compose):
+    """docker sends SIGKILL after stop_grace_period: it must not cut uvicorn's graceful shutdown short."""
+    from services.serving.server import ServerSettings, graceful_timeout_s
+
+    for name, service in COMPOSE_SERVICES.items():
+        spec = compose["services"][name]
+        variable = f"TEXTSKETCH_{service.split('_')[0].upper()}_DRAIN_TIMEOUT_S"
+        value = spec["environment"].get(variable)
+        drain_s = float(value.split(":-")[-1].rstrip("}")) if value else _default_drain_timeout_s(service)
+        graceful_s = graceful_timeout_s(drain_s, ServerSettings.model_construct())
+        assert graceful_s > drain_s
+        assert int(spec["stop_grace_period"].rstrip("s")) >= graceful_s, (name, drain_s, graceful_s)
+
+
+class _RecordingServer:
+    """Stands in for uvicorn.Server: records the config the launcher built instead of serving."""
+
+    configs: list = []
+
+    def __init__(self, config) -> None:
+        self.configs.append(config)
+        self.started = True
+
+    def run(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("service", "drain_s", "port"), [("decoder_service", 300.0, 8002), ("encoder_service", None, 8001)])
+def test_launcher_graceful_timeout_is_above_the_drain_timeout(monkeypatch, service, drain_s, port):
+    import importlib
+
+    import uvicorn
+
+    for variable in ("TEXTSKETCH_SERVER_GRACEFUL_MARGIN_S", "TEXTSKETCH_ENCODER_DRAIN_TIMEOUT_S"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("TEXTSKETCH_DECODER_DRAIN_TIMEOUT_S", "300")
+    monkeypatch.setattr(uvicorn, "Server", _RecordingServer)
+    _RecordingServer.configs.clear()
+    importlib.import_module(f"{service}.__main__").main([])
+    (config,) = _RecordingServer.configs
+    drain_s = drain_s or _default_drain_timeout_s(service)
+    assert config.timeout_graceful_shutdown > drain_s
+    assert config.timeout_graceful_shutdown == drain_s + 15  # the default margin
+    assert (config.host, config.port, config.app, config.factory) == ("127.0.0.1", port, f"{service}.app:create_app", True)
+    assert config.limit_concurrency == 1024 and config.timeout_keep_alive == 5
+    assert config.http.header_timeout_s == 10

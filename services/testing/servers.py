@@ -1,9 +1,11 @@
 """Running the services for tests and benchmarks: in-process over ASGI, or as real uvicorn processes.
 
 ``serving(app)`` runs an app's lifespan and yields an httpx client over the ASGI
-transport. ``start_process`` starts ``python -m uvicorn --factory <target>`` on a
-free 127.0.0.1 port (``start_service`` for the encoder or decoder app);
-``ServiceProcess.wait_ready`` polls ``/health/ready``.
+transport. ``start_process`` starts an app factory on a free 127.0.0.1 port through the
+service launcher, ``python -m decoder_service --app <target>`` (or ``encoder_service``), the
+same command scripts and images use (``start_service`` for the real encoder or decoder app;
+``plain_uvicorn=True`` starts ``python -m uvicorn --factory <target>`` instead, for
+comparisons); ``ServiceProcess.wait_ready`` polls ``/health/ready``.
 """
 
 from __future__ import annotations
@@ -98,22 +100,49 @@ class ServiceProcess:
             return self.process.wait(10)
 
 
+SERVICES = ("encoder_service", "decoder_service")
+
+
+def launcher_package(target: str) -> str:
+    """The service whose launcher (and settings) serve ``target``: its own package, or the decoder for its fakes."""
+    package = target.split(".")[0]
+    if package in SERVICES:
+        return package
+    if "decoder" in target.split(":")[-1]:
+        return "decoder_service"
+    raise ValueError(f"cannot tell which service serves {target}; pass service='encoder_service' or 'decoder_service'")
+
+
 def start_process(target: str, env: dict[str, str], log_dir: Path, *, port: int | None = None,
-                  uvicorn_args: Sequence[str] = (), log_level: str = "warning") -> ServiceProcess:
-    """``python -m uvicorn --factory <target>`` on 127.0.0.1 (tiny profile unless ``env`` says otherwise)."""
+                  uvicorn_args: Sequence[str] = (), log_level: str = "warning", service: str | None = None,
+                  plain_uvicorn: bool = False) -> ServiceProcess:
+    """Serve the app factory ``target`` on 127.0.0.1 (tiny profile unless ``env`` says otherwise).
+
+    Started with ``python -m <service> --app <target>`` (``service`` defaults to the target's own
+    package; fakes of the decoder are served by the decoder's launcher). ``plain_uvicorn=True``
+    starts ``python -m uvicorn --factory <target> *uvicorn_args`` instead: the old way, without the
+    launcher's timeouts and connection limits (``uvicorn_args`` only apply then).
+    """
+    if uvicorn_args and not plain_uvicorn:
+        raise ValueError("uvicorn_args only apply with plain_uvicorn=True; the launcher takes its settings "
+                         "from TEXTSKETCH_SERVER_* (services/serving/server.py)")
     port = port or free_port()
     log_path = Path(log_dir) / f"{target.split(':')[0].replace('.', '_')}-{port}.log"
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "TEXTSKETCH_PROFILE": "tiny", **env}
-    command = [sys.executable, "-m", "uvicorn", "--factory", target, "--host", "127.0.0.1", "--port", str(port),
-               "--log-level", log_level, *uvicorn_args]
+    if plain_uvicorn:
+        command = [sys.executable, "-m", "uvicorn", "--factory", target, *uvicorn_args]
+    else:
+        command = [sys.executable, "-m", service or launcher_package(target), "--app", target]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", log_level]
     log_file = open(log_path, "wb")  # noqa: SIM115 - lives as long as the process
     cwd = REPO if (REPO / "decoder_service").is_dir() else None
-    process = subprocess.Popen(  # nosec B603 - a fixed argv: this Python, uvicorn, the given app factory
+    process = subprocess.Popen(  # nosec B603 - fixed argv: this Python running a service launcher (or uvicorn) on an app factory
         command, cwd=cwd, env=full_env, stdout=log_file, stderr=subprocess.STDOUT)
     return ServiceProcess(target, port, process, log_path)
 
 
 def start_service(service: str, env: dict[str, str], log_dir: Path, *, port: int | None = None,
-                  uvicorn_args: Sequence[str] = ()) -> ServiceProcess:
-    """Start ``encoder_service`` or ``decoder_service`` (the real app factory) as a uvicorn process."""
-    return start_process(f"{service}.app:create_app", env, log_dir, port=port, uvicorn_args=uvicorn_args)
+                  uvicorn_args: Sequence[str] = (), plain_uvicorn: bool = False) -> ServiceProcess:
+    """Start ``encoder_service`` or ``decoder_service`` (the real app factory) through its launcher."""
+    return start_process(f"{service}.app:create_app", env, log_dir, port=port, uvicorn_args=uvicorn_args,
+                         service=service, plain_uvicorn=plain_uvicorn)
