@@ -21,7 +21,7 @@ def test_bench_module_imports(name):
         assert callable(getattr(module, "main", None)), f"bench/{name}.py has no main()"
 
 
-@pytest.mark.parametrize("name", ["sketch_bench", "load_bench", "eval"])
+@pytest.mark.parametrize("name", ["sketch_bench", "load_bench", "eval", "connection_bench"])
 def test_bench_script_help_runs(name):
     result = subprocess.run([sys.executable, str(REPO / "bench" / f"{name}.py"), "--help"], cwd=REPO,
                             capture_output=True, text=True, timeout=120)
