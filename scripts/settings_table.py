@@ -13,12 +13,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from decoder_service.settings import DecoderSettings  # noqa: E402
 from encoder_service.settings import EncoderSettings  # noqa: E402
+from services.serving.server import ServerSettings  # noqa: E402
 from services.settings import CodecSettings  # noqa: E402
 
 SECTIONS = (
     ("Codec (CLI, encoder and decoder)", CodecSettings),
     ("Encoder service", EncoderSettings),
     ("Decoder service", DecoderSettings),
+    ("Connections and shutdown (both services)", ServerSettings),
 )
 
 
