@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
-import threading
 
 import msgpack
 from fastapi import FastAPI, Query, Request
@@ -24,9 +22,9 @@ from decoder_service.runtime import DecoderRuntime, ReconstructorFactory, State,
 from decoder_service.settings import DecoderSettings
 from services.bitstream.container import MAX_CANDIDATE, parse
 from services.errors import UnsupportedMediaError
-from services.imaging import save_image
 from services.serving.errors import BodyTooLargeError, InvalidRequestError, NotAcceptableError, UnauthorizedError
 from services.serving.http import bearer_token_ok, install_error_handlers, read_body
+from services.serving.lifecycle import install_sigterm_drain
 from services.serving.metrics import ServiceMetrics, add_metrics_route, install_request_metrics
 
 log = logging.getLogger("textsketch.decoder")
@@ -48,9 +46,10 @@ _IMAGE_RESPONSES = {
     },
     406: {"description": "Accept names no image format this service writes."},
     409: {"description": "The payload was encoded for another model profile."},
-    413: {"description": "Body larger than max_body_bytes."},
     422: {"description": "Malformed payload; detail has the bitstream's error message."},
-    429: {"description": "Queue full; retry after Retry-After seconds."},
+    413: {"description": "Body larger than max_body_bytes, or the request costs more than max_request_cost."},
+    429: {"description": "Queue full, or the estimated wait exceeds the deadline; retry after Retry-After seconds "
+          "(computed from the measured throughput)."},
     503: {"description": "Loading or draining; retry after Retry-After seconds."},
     504: {"description": "The request's deadline passed while it was queued."},
 }
@@ -114,13 +113,14 @@ def create_app(
 ) -> FastAPI:
     """Build the decoder app; models load in the lifespan, not here."""
     settings = settings or DecoderSettings()
-    metrics = ServiceMetrics("decoder")
+    metrics = ServiceMetrics("decoder", longest_timeout_s=max(settings.request_timeout_s, settings.drain_timeout_s),
+                             build={"profile": settings.codec.profile})
     runtime = DecoderRuntime(settings, metrics, reconstructor_factory)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         await runtime.startup()
-        restore = _chain_sigterm(runtime) if settings.handle_sigterm else None
+        restore = install_sigterm_drain(runtime.begin_drain, runtime.drain) if settings.handle_sigterm else None
         try:
             yield
         finally:
@@ -162,8 +162,8 @@ def create_app(
         fmt = negotiate_image_format(request.headers.get("accept"))
         payload = await payload_from(request)
         jobs = await run_in_threadpool(runtime.jobs_for, payload)
-        (image,) = await runtime.run_jobs(jobs, request.is_disconnected, client_timeout(request))
-        data = await run_in_threadpool(save_image, image, fmt, settings.output_quality)
+        images = await runtime.run_jobs(jobs, request.is_disconnected, client_timeout(request))
+        (data,) = await runtime.finish_images(images, jobs, fmt)
         media = "image/jpeg" if fmt == "jpeg" else f"image/{fmt}"
         return Response(data, media_type=media, headers={"X-Candidate": str(payload.candidate)})
 
@@ -179,15 +179,20 @@ def create_app(
         payload = await payload_from(request)
         jobs = await run_in_threadpool(runtime.jobs_for, payload, list(range(1, n + 1)))
         images = await runtime.run_jobs(jobs, request.is_disconnected, client_timeout(request))
-        encoded = await run_in_threadpool(lambda: [save_image(im, format, settings.output_quality) for im in images])
+        encoded = await runtime.finish_images(images, jobs, format)
         body = msgpack.packb({"indices": list(range(1, n + 1)), "format": format, "images": encoded}, use_bin_type=True)
         return Response(body, media_type="application/msgpack")
 
-    @app.get("/health/live", summary="Liveness: the process runs (fails only when loading failed)")
+    @app.get("/health/live", summary="Liveness: fails when loading failed or the model thread is stuck")
     async def live() -> JSONResponse:
-        ok = runtime.state is not State.FAILED
-        return JSONResponse({"status": "alive" if ok else "failed", "detail": runtime.load_error},
-                            status_code=200 if ok else 503)
+        stalled = runtime.stalled_for()
+        if runtime.state is State.FAILED:
+            return JSONResponse({"status": "failed", "detail": runtime.load_error}, status_code=503)
+        if stalled > settings.liveness_stall_s:
+            return JSONResponse({"status": "stalled", "detail": f"the running batch has shown no progress for "
+                                 f"{stalled:.0f} s (liveness_stall_s {settings.liveness_stall_s:.0f})"},
+                                status_code=503)
+        return JSONResponse({"status": "alive", "detail": None})
 
     @app.get("/health/ready", summary="Readiness: models loaded and warmed up, not draining")
     async def ready() -> JSONResponse:
@@ -195,6 +200,9 @@ def create_app(
             "status": runtime.state.value,
             "profile": runtime.profile.name,
             "queued_jobs": runtime.scheduler.queued_jobs,
+            "queued_cost": round(runtime.scheduler.queued_cost, 3),
+            "max_queue_cost": round(runtime.max_queue_cost, 3),
+            "estimated_wait_s": round(runtime.scheduler.estimated_wait(), 3),
             "max_batch_size": settings.max_batch_size,
         }
         headers = {} if runtime.ready else {"Retry-After": "5"}
@@ -203,26 +211,6 @@ def create_app(
     add_metrics_route(app, metrics)
 
     return app
-
-
-def _chain_sigterm(runtime: DecoderRuntime):
-    """Mark draining as soon as SIGTERM arrives, then let uvicorn's own handler run."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def on_sigterm(signum, frame):
-        runtime.begin_drain()
-        if callable(previous):
-            previous(signum, frame)
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-
-    def restore() -> None:
-        if signal.getsignal(signal.SIGTERM) is on_sigterm:
-            signal.signal(signal.SIGTERM, previous)
-
-    return restore
 
 
 def __getattr__(name: str):

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import inspect
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from decoder_service.scheduler import BatchScheduler, SchedulerConfig, Ticket
 from decoder_service.settings import DecoderSettings
-from services.bitstream.container import Payload
+from services.bitstream.container import Mode, Payload
 from services.profiles import ModelProfile
 from services.serving.errors import DrainingError, NotReadyError, RequestCancelledError
 from services.serving.metrics import ServiceMetrics
@@ -31,6 +33,19 @@ class State(str, enum.Enum):
     DRAINING = "draining"
     FAILED = "failed"
     STOPPED = "stopped"
+
+
+def job_cost(job: Any) -> float:
+    """Work of one decode job in cost units (megapixels): working pixels x steps x (1 + ControlNet) + output pixels."""
+    working = job.working_width * job.working_height / 1e6
+    passes = 2 if Mode(job.mode) == Mode.PICS else 1
+    return working * job.steps * passes + job.width * job.height / 1e6
+
+
+def typical_job_cost(profile: ModelProfile) -> float:
+    """The cost of a 768x512 PICS job (a Kodak photo) under ``profile``: the unit queue sizes are given in."""
+    working_w, working_h = profile.working_size(768, 512)
+    return working_w * working_h / 1e6 * profile.steps * (2 if profile.controlnet else 1) + 768 * 512 / 1e6
 
 
 def default_reconstructor(profile: ModelProfile, codec_settings: Any) -> Any:
@@ -52,6 +67,8 @@ class DecoderRuntime:
         self.metrics = metrics
         self.profile = settings.codec.model_profile()
         self.reconstructor = reconstructor_factory(self.profile, settings.codec)
+        self.max_queue_cost = settings.max_queue_cost or settings.max_queue_size * typical_job_cost(self.profile)
+        self.max_request_cost = settings.max_request_cost or self.max_queue_cost
         self.scheduler: BatchScheduler = BatchScheduler(
             self._run_batch,
             SchedulerConfig(
@@ -59,9 +76,20 @@ class DecoderRuntime:
                 max_queue_delay_s=settings.max_queue_delay_ms / 1000.0,
                 max_queue_size=settings.max_queue_size,
                 retry_after_s=settings.retry_after_s,
+                max_queue_cost=self.max_queue_cost,
+                max_request_cost=self.max_request_cost,
+                admission_headroom=settings.admission_headroom,
+                max_retry_after_s=settings.max_retry_after_s,
+                cold_start_jobs=settings.max_batch_size,
             ),
             observer=metrics,
+            cost_of=job_cost,
         )
+        # Resizing to the output size and image encoding: a small pool, never the model's thread.
+        self._postprocess = ThreadPoolExecutor(settings.postprocess_workers, thread_name_prefix="postprocess")
+        self._stoppable = "should_stop" in inspect.signature(self.reconstructor.decode_batch).parameters
+        if hasattr(self.reconstructor, "on_oom_split"):
+            self.reconstructor.on_oom_split = metrics.oom_split
         self.state = State.LOADING
         self.load_error: str | None = None
         self._load_task: asyncio.Task | None = None
@@ -104,15 +132,37 @@ class DecoderRuntime:
             self.state = State.DRAINING
         self.metrics.set_ready(False)
 
-    async def shutdown(self) -> None:
+    async def drain(self) -> bool:
+        """Finish accepted work within ``drain_timeout_s``; past it, fail what is left with a typed 503.
+
+        Queued requests get ``DrainingError`` (503 + Retry-After) and the running batch is stopped at its
+        next diffusion step with the same error, so every accepted request gets a response while the
+        server still answers. True when everything finished.
+        """
         self.begin_drain()
-        drained = await self.scheduler.drain(self.settings.drain_timeout_s)
-        if not drained:
-            log.error("drain timeout (%.0f s) passed with work still queued", self.settings.drain_timeout_s)
+        timeout_s = self.settings.drain_timeout_s
+        if await self.scheduler.drain(timeout_s):
+            return True
+        error = DrainingError(f"the decoder is shutting down and its {timeout_s:.0f} s drain timeout passed before "
+                              "this request ran; retry on another instance", retry_after_s=5)
+        failed = self.scheduler.fail_queued(error)
+        self.scheduler.stop_running(error)
+        log.error("drain timeout (%.0f s) passed: %d queued requests answered 503, running batch stopped",
+                  timeout_s, failed)
+        await self.scheduler.drain(self.settings.stop_grace_s)
+        return False
+
+    async def shutdown(self) -> None:
+        await self.drain()
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()
         await self.scheduler.close()
+        self._postprocess.shutdown(wait=True)
         self.state = State.STOPPED
+
+    def stalled_for(self) -> float:
+        """Seconds the running batch has shown no progress (0 when idle)."""
+        return self.scheduler.stalled_for()
 
     @property
     def ready(self) -> bool:
@@ -120,6 +170,7 @@ class DecoderRuntime:
 
     def check_accepting(self) -> None:
         if self.state is State.READY:
+            self.scheduler.check_capacity()
             return
         if self.state is State.LOADING:
             self.metrics.rejected("not_ready")
@@ -132,7 +183,20 @@ class DecoderRuntime:
 
     # -- work ------------------------------------------------------------------
     def _run_batch(self, jobs: list[Any]) -> Sequence[Any]:
+        """On the worker thread: the pipeline only; images come back at the working size."""
+        if self._stoppable:
+            return self.reconstructor.decode_batch(jobs, should_stop=self.scheduler.should_stop, resize=False)
         return self.reconstructor.decode_batch(jobs)
+
+    async def finish_images(self, images: Sequence[Any], jobs: Sequence[Any], fmt: str) -> list[bytes]:
+        """Resize to each job's output size and encode, in the postprocessing pool."""
+        from services.imaging import resize, save_image
+
+        def finish() -> list[bytes]:
+            return [save_image(resize(image, job.width, job.height), fmt, self.settings.output_quality)
+                    for image, job in zip(images, jobs, strict=True)]
+
+        return await asyncio.get_running_loop().run_in_executor(self._postprocess, finish)
 
     def jobs_for(self, payload: Payload, candidates: Sequence[int] | None = None) -> list[Any]:
         """Decode jobs of a payload (CPU: token ids, sketch, control image); one per candidate index."""
@@ -155,15 +219,20 @@ class DecoderRuntime:
         """
         self.check_accepting()
         deadline = self.settings.request_timeout_s if timeout_s is None else min(timeout_s, self.settings.request_timeout_s)
-        ticket: Ticket = self.scheduler.submit(self.bucket_key(jobs[0]), jobs, timeout_s=deadline)
+        try:
+            ticket: Ticket = self.scheduler.submit(self.bucket_key(jobs[0]), jobs, timeout_s=deadline)
+        finally:
+            self.metrics.set_estimated_wait(self.scheduler.estimated_wait())
         try:
             while True:
                 done, _ = await asyncio.wait({ticket.future}, timeout=self.settings.disconnect_poll_s)
                 if done:
                     return ticket.future.result()
-                if is_disconnected is not None and not ticket.started and await is_disconnected():
+                if is_disconnected is not None and not ticket.abandoned and await is_disconnected():
+                    # Queued: dropped now. Running: marked abandoned; the batch stops at its next step
+                    # when no one in it is still waiting.
                     ticket.cancel()
-                    raise RequestCancelledError("client disconnected while queued")
+                    raise RequestCancelledError("client disconnected")
         except asyncio.CancelledError:
             ticket.cancel()
             raise

@@ -40,3 +40,7 @@ class DecodeOutOfMemoryError(CodecError):
     """A single decode job does not fit in accelerator memory even alone (after splitting)."""
 
     retry_after_s = 30.0  # capacity, not the request: another decoder or a later try may fit it
+
+
+class DecodeInterruptedError(CodecError):
+    """A running batch was stopped between diffusion steps (its clients left, or the drain ran out of time)."""

@@ -37,6 +37,8 @@ def decoder_env(cache_dir, **overrides) -> dict[str, str]:
         "TEXTSKETCH_DECODER_MAX_QUEUE_DELAY_MS": "1000",
         "TEXTSKETCH_DECODER_MAX_QUEUE_SIZE": "2",
         "TEXTSKETCH_DECODER_MAX_CANDIDATES": "4",
+        # Work-based admission: room for a 4-candidate 1536x512 group (4 x 1.6 units) beside the 2 queued jobs.
+        "TEXTSKETCH_DECODER_MAX_QUEUE_COST": "20",
         # One warm-up size keeps start-up short here; production warms every size.
         "TEXTSKETCH_DECODER_WARMUP_BATCH_SIZES": "[1]",
     }
@@ -62,7 +64,7 @@ def decoder(cache_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def encoder(cache_dir, tmp_path_factory, decoder):
     clip = build_tiny_clip(tmp_path_factory.mktemp("selection-clip"))
-    env = {"TEXTSKETCH_PROFILE": "tiny", "TEXTSKETCH_CACHE_DIR": str(cache_dir),
+    env = {"TEXTSKETCH_PROFILE": "tiny", "TEXTSKETCH_CACHE_DIR": str(cache_dir), "TEXTSKETCH_PROMPT_SOURCE": "given",
            "TEXTSKETCH_ENCODER_DECODER_URL": decoder.url, "TEXTSKETCH_ENCODER_SELECTION_CLIP_MODEL": str(clip)}
     service = start_service("encoder_service", env, tmp_path_factory.mktemp("logs"))
     try:
@@ -126,9 +128,13 @@ def test_concurrent_requests_form_batches_larger_than_one(decoder):
 
 
 def test_overload_deadline_and_disconnect_while_the_worker_is_busy(decoder):
-    """A 4-candidate group keeps the worker busy; meanwhile: 504, a dropped disconnect, then 429."""
+    """A 4-candidate group keeps the worker busy; meanwhile: a deadline the estimated wait cannot meet is
+    refused at once (429, computed Retry-After), a disconnect is dropped, then a full queue answers 429."""
+    with TextSketchClient(decoder_url=decoder.url) as client:
+        client.decode(pic_payload(token_ids=(499,)))  # the decoder has measured its throughput at least once
     start_metrics = metrics_text(decoder)
     cancelled_before = metric_value(start_metrics, 'textsketch_rejections_total{reason="cancelled"')
+    overloaded_before = metric_value(start_metrics, 'textsketch_rejections_total{reason="overloaded"')
     jobs_before = metric_value(start_metrics, "textsketch_batch_size_sum")
 
     async def main():
@@ -154,13 +160,16 @@ def test_overload_deadline_and_disconnect_while_the_worker_is_busy(decoder):
 
     busy, late, crowd = asyncio.run(main())
     assert busy.status_code == 200
-    assert late.status_code == 504 and late.json()["error"] == "deadline_exceeded"
+    # 0.3 s is less than the rest of the running batch: refused before queueing, not left to time out
+    assert late.status_code == 429 and "estimated wait" in late.json()["detail"]
+    assert int(late.headers["Retry-After"]) >= 1
     statuses = sorted(r.status_code for r in crowd)
     assert statuses == [200, 200, 429]
     rejected = next(r for r in crowd if r.status_code == 429)
     assert int(rejected.headers["Retry-After"]) >= 1
     end_metrics = metrics_text(decoder)
     assert metric_value(end_metrics, 'textsketch_rejections_total{reason="cancelled"') == cancelled_before + 1
+    assert metric_value(end_metrics, 'textsketch_rejections_total{reason="overloaded"') == overloaded_before + 1
     # only the 4 candidates and the 2 admitted crowd requests ever reached the model
     assert metric_value(end_metrics, "textsketch_batch_size_sum") == jobs_before + 6
 

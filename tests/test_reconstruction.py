@@ -277,3 +277,27 @@ def test_warmup_runs_every_mode_and_batch_size(tiny_reconstructor, tiny_settings
     monkeypatch.setattr(tiny_reconstructor, "_generate", fake_generate)
     tiny_reconstructor.warmup([1, 2], width=64, height=64)
     assert sorted(seen) == [(mode, n, 512, 512) for mode in (Mode.PIC, Mode.PICS) for n in (1, 2)]
+
+
+@pytest.mark.parametrize("mode", [Mode.PIC, Mode.PICS])
+def test_should_stop_is_asked_every_step_and_stops_the_real_pipeline(tiny_reconstructor, mode):
+    from services.errors import DecodeInterruptedError
+
+    calls = []
+    job = make_job(31, mode, steps=4)
+    full = tiny_reconstructor.decode_batch([job], should_stop=lambda: calls.append(1) and False)
+    assert len(calls) == 4 and full[0].size == (job.width, job.height)
+    working = tiny_reconstructor.decode_batch([job], should_stop=lambda: False, resize=False)
+    assert working[0].size == (job.working_width, job.working_height)
+
+    asked = []
+
+    def stop_after_two() -> bool:
+        asked.append(1)
+        return len(asked) >= 2
+
+    with pytest.raises(DecodeInterruptedError):
+        tiny_reconstructor.decode_batch([job], should_stop=stop_after_two)
+    assert len(asked) == 2
+    # the reconstructor is usable again and forgot the callback
+    assert pixels(tiny_reconstructor.decode_batch([job])[0]).shape == pixels(full[0]).shape

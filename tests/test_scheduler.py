@@ -9,7 +9,13 @@ import time
 import pytest
 
 from decoder_service.scheduler import BatchScheduler, SchedulerConfig
-from services.serving.errors import DeadlineExceededError, DrainingError, QueueFullError, RequestCancelledError
+from services.serving.errors import (
+    DeadlineExceededError,
+    DrainingError,
+    QueueFullError,
+    RequestCancelledError,
+    RequestTooCostlyError,
+)
 
 
 class FakeModel:
@@ -321,3 +327,163 @@ def test_a_group_larger_than_the_queue_is_admitted_only_into_an_empty_queue():
         return results
 
     assert run(main()) == ([10, 20, 30, 40], [50])
+
+
+# -- work-based admission ---------------------------------------------------------------------
+
+
+def make_costed(model, **config) -> tuple[BatchScheduler, Recorder]:
+    """Jobs are their own cost (an int job of value 3 costs 3 units)."""
+    recorder = Recorder()
+    return BatchScheduler(model, SchedulerConfig(**config), observer=recorder, cost_of=float), recorder
+
+
+def test_queue_cost_caps_admission_and_retry_after_comes_from_the_measured_throughput():
+    model = FakeModel()
+    model.gate.clear()
+
+    async def main():
+        scheduler, recorder = make_costed(model, max_batch_size=1, max_queue_delay_s=0.0, max_queue_cost=10)
+        await scheduler.start()
+        scheduler.throughput.observe("a", cost=1.0, seconds=2.0)  # 2 s per unit
+        running = scheduler.submit("a", [4])
+        await asyncio.get_running_loop().run_in_executor(None, model.started.wait, 5)
+        queued = scheduler.submit("a", [6])
+        with pytest.raises(QueueFullError) as refused:
+            scheduler.submit("a", [5])  # 6 + 5 > 10 units
+        model.gate.set()
+        results = await running.future, await queued.future
+        await scheduler.close()
+        return refused.value, results, recorder
+
+    refused, results, recorder = run(main())
+    assert results == ([40], [60])
+    assert refused.retry_after_s == pytest.approx(2.0)  # 1 unit over the cap at 2 s per unit
+    assert recorder.rejections == ["queue_full"]
+
+
+def test_a_request_whose_estimated_wait_exceeds_its_deadline_is_refused_at_once():
+    model = FakeModel()
+    model.gate.clear()
+
+    async def main():
+        scheduler, recorder = make_costed(model, max_batch_size=1, max_queue_delay_s=0.0, admission_headroom=0.9)
+        await scheduler.start()
+        scheduler.throughput.observe("a", cost=1.0, seconds=1.0)  # 1 s per unit
+        running = scheduler.submit("a", [1])
+        await asyncio.get_running_loop().run_in_executor(None, model.started.wait, 5)
+        scheduler.submit("a", [3], timeout_s=30)  # about 1 + 3 s of work ahead of the next request
+        wait = scheduler.estimated_wait()
+        with pytest.raises(QueueFullError) as refused:
+            scheduler.submit("a", [1], timeout_s=2.0)
+        admitted = scheduler.submit("a", [1], timeout_s=30)
+        model.gate.set()
+        await running.future
+        await admitted.future
+        await scheduler.close()
+        return wait, refused.value, recorder
+
+    wait, refused, recorder = run(main())
+    assert 3.0 < wait <= 4.0
+    assert "estimated wait" in str(refused)
+    assert refused.retry_after_s == pytest.approx(wait - 0.9 * 2.0, abs=0.2)
+    assert recorder.rejections == ["overloaded"]
+
+
+def test_a_request_over_the_cost_ceiling_is_refused_outright():
+    async def main():
+        scheduler, recorder = make_costed(FakeModel(), max_request_cost=5)
+        await scheduler.start()
+        with pytest.raises(RequestTooCostlyError):
+            scheduler.submit("a", [3, 3])
+        result = await scheduler.run("a", [2, 3])
+        await scheduler.close()
+        return result, recorder
+
+    result, recorder = run(main())
+    assert result == [20, 30] and recorder.rejections == ["too_costly"]
+
+
+def test_before_any_batch_was_measured_only_one_batch_is_queued():
+    model = FakeModel()
+    model.gate.clear()
+
+    async def main():
+        scheduler, _ = make(model, max_batch_size=2, max_queue_delay_s=0.0, max_queue_size=64, cold_start_jobs=2)
+        await scheduler.start()
+        first = scheduler.submit("a", [1])
+        await asyncio.get_running_loop().run_in_executor(None, model.started.wait, 5)
+        queued = [scheduler.submit("a", [i]) for i in (2, 3)]
+        with pytest.raises(QueueFullError):
+            scheduler.submit("a", [4])
+        model.gate.set()
+        await first.future
+        for ticket in queued:
+            await ticket.future
+        more = [scheduler.submit("a", [i]) for i in range(5, 10)]  # measured now: room by estimate
+        results = [await t.future for t in more]
+        await scheduler.close()
+        return results
+
+    assert run(main()) == [[50], [60], [70], [80], [90]]
+
+
+class StoppableModel:
+    """Ten 50 ms "steps", asking ``should_stop`` after each like the real pipeline callback."""
+
+    def __init__(self) -> None:
+        self.scheduler: BatchScheduler | None = None
+        self.steps = 0
+        self.started = threading.Event()
+
+    def __call__(self, jobs):
+        from services.errors import DecodeInterruptedError
+
+        self.started.set()
+        for _ in range(10):
+            time.sleep(0.05)
+            self.steps += 1
+            if self.scheduler.should_stop():
+                raise DecodeInterruptedError("stopped")
+        return jobs
+
+
+def test_a_running_batch_stops_when_every_client_in_it_left():
+    model = StoppableModel()
+
+    async def main():
+        scheduler, _ = make(model, max_batch_size=2, max_queue_delay_s=0.0)
+        model.scheduler = scheduler
+        await scheduler.start()
+        ticket = scheduler.submit("a", [1])
+        await asyncio.get_running_loop().run_in_executor(None, model.started.wait, 5)
+        assert not ticket.cancel()  # running: not dropped, marked abandoned
+        with pytest.raises(RequestCancelledError):
+            await ticket.future
+        await scheduler.close()
+
+    run(main())
+    assert model.steps < 10
+
+
+def test_stop_running_fails_the_batch_with_the_given_error_and_stalls_are_measured():
+    model = StoppableModel()
+    clock = {"now": 0.0}
+
+    async def main():
+        scheduler = BatchScheduler(model, SchedulerConfig(max_queue_delay_s=0.0), clock=lambda: clock["now"])
+        model.scheduler = scheduler
+        await scheduler.start()
+        idle_stall = scheduler.stalled_for()
+        ticket = scheduler.submit("a", [1])
+        await asyncio.get_running_loop().run_in_executor(None, model.started.wait, 5)
+        clock["now"] += 100.0  # no heartbeat for 100 s of the scheduler's clock
+        stall = scheduler.stalled_for()
+        scheduler.stop_running(DrainingError("drain timeout", retry_after_s=5))
+        with pytest.raises(DrainingError):
+            await ticket.future
+        await scheduler.close()
+        return idle_stall, stall
+
+    idle_stall, stall = run(main())
+    assert idle_stall == 0.0 and stall >= 99.0

@@ -284,3 +284,19 @@ def test_control_images():
     assert len(hed_values) > 10  # soft, HED-like
     assert set(np.unique(np.asarray(canny))) == {0, 255}  # thin binary lines
     assert (np.asarray(hed)[..., 0] > 0).sum() > 2 * (np.asarray(canny)[..., 0] > 0).sum()  # thicker
+
+
+def test_a_tiny_body_cannot_make_the_decoder_walk_a_whole_grid():
+    """7 bytes that would fill a 1024x256 grid (a second of Python) stop at the path-pixel budget."""
+    from services.sketch.body import _check, decode_bitmap_body
+    from services.sketch.chain_coder import encode_bitmap, path_pixel_budget
+    from services.sketch.lossy import low_res_size
+
+    width, height = low_res_size(2048, 512, 7)
+    bits = np.ones((height, width), bool)
+    data, paths = encode_bitmap(bits)
+    header = (3 << 5) | 7
+    body = bytes([header]) + _check(header, bits) + data
+    assert sum(map(len, paths)) == width * height > path_pixel_budget(len(data))
+    with pytest.raises(BitstreamError, match="path pixels"):
+        decode_bitmap_body(body, 2048, 512)

@@ -20,13 +20,19 @@ one pipeline call, in numbered stages:
 5. the pipeline call, split in halves on CUDA out-of-memory (never losing a
    job), or in padded batches of ``settings.deterministic_batch_size`` with
    ``settings.deterministic`` (bit-identical to decoding alone);
-6. postprocess: 8-bit RGB at the working size, resized to the original size.
+6. postprocess: 8-bit RGB at the working size, resized to the original size
+   (``resize=False`` leaves the resize to the caller: the decoder service does it
+   in a separate pool so the model thread only runs pipelines).
+
+``should_stop`` (optional) is called after every diffusion step; when it returns
+True the batch ends with ``DecodeInterruptedError`` (the decoder service stops
+work whose clients have all gone, and uses the calls as its worker heartbeat).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -34,6 +40,7 @@ from PIL import Image
 
 from services.bitstream.container import Mode
 from services.devices import is_cuda, resolve_device
+from services.errors import DecodeInterruptedError
 from services.imaging import resize
 from services.profiles import ModelProfile
 from services.reconstruction.jobs import DecodeJob, run_splitting_on_oom
@@ -52,6 +59,8 @@ class Reconstructor:
         self._negative_embeds = None
         self._suffix_ids: list[int] | None = None
         self._lock = threading.Lock()  # diffusers schedulers are stateful: one call at a time
+        self._should_stop: Callable[[], bool] | None = None
+        self.on_oom_split: Callable[[], None] | None = None  # the decoder service counts splits
         on_cuda = is_cuda(self.device)
         # CPU: bit-identical batch-vs-alone by default; CUDA: real batches unless asked.
         self.deterministic = (not on_cuda) if settings.deterministic is None else settings.deterministic
@@ -106,16 +115,24 @@ class Reconstructor:
 
     # -- decoding --------------------------------------------------------------------------
 
-    def decode_batch(self, jobs: Sequence[DecodeJob]) -> list[Image.Image]:
-        """Regenerate one image per job, in order, at each job's original size."""
+    def decode_batch(self, jobs: Sequence[DecodeJob], *, should_stop: Callable[[], bool] | None = None,
+                     resize: bool = True) -> list[Image.Image]:
+        """Regenerate one image per job, in order, at each job's original size (working size with ``resize=False``).
+
+        ``should_stop`` is checked after every diffusion step; True ends the batch with ``DecodeInterruptedError``.
+        """
         if not jobs:
             return []
         self.load()
         self._check_jobs(jobs)
         run = self._generate_fixed_batches if self.deterministic else self._generate
         with self._lock:
-            arrays = run_splitting_on_oom(list(jobs), run, self._free_memory)
-        return [self._postprocess(array, job) for array, job in zip(arrays, jobs, strict=True)]
+            self._should_stop = should_stop
+            try:
+                arrays = run_splitting_on_oom(list(jobs), run, self._on_oom)
+            finally:
+                self._should_stop = None
+        return [self._postprocess(array, job, resize) for array, job in zip(arrays, jobs, strict=True)]
 
     def render_candidates(self, job: DecodeJob, seeds: Sequence[int]) -> list[Image.Image]:
         """The same job drawn with each seed (candidate selection), in one batch."""
@@ -206,6 +223,8 @@ class Reconstructor:
         }
         if first.mode == Mode.PICS:
             arguments["image"] = [job.control.convert("RGB") for job in jobs]  # Stage 3
+        if self._should_stop is not None:
+            arguments["callback_on_step_end"] = self._step_end
         with torch.no_grad():
             images = self._pipelines[Mode(first.mode)](**arguments).images
         return list(images)
@@ -226,6 +245,16 @@ class Reconstructor:
             arrays.extend(self._generate(padded)[: len(chunk)])
         return arrays
 
+    def _step_end(self, pipeline, step: int, timestep, callback_kwargs: dict) -> dict:
+        if self._should_stop is not None and self._should_stop():
+            raise DecodeInterruptedError(f"batch stopped after diffusion step {step + 1}")
+        return callback_kwargs
+
+    def _on_oom(self) -> None:
+        self._free_memory()
+        if self.on_oom_split is not None:
+            self.on_oom_split()
+
     def _free_memory(self) -> None:
         import gc
 
@@ -237,7 +266,8 @@ class Reconstructor:
 
     # Stage 6
     @staticmethod
-    def _postprocess(array: np.ndarray, job: DecodeJob) -> Image.Image:
+    def _postprocess(array: np.ndarray, job: DecodeJob, to_output_size: bool = True) -> Image.Image:
         pixels = (np.clip(array, 0.0, 1.0) * 255.0).round().astype(np.uint8)
-        return resize(Image.fromarray(pixels, "RGB"), job.width, job.height)
+        image = Image.fromarray(pixels, "RGB")
+        return resize(image, job.width, job.height) if to_output_size else image
 

@@ -58,3 +58,7 @@ class UpstreamError(ServiceError):
     def __init__(self, message: str, *, status: int = 502, retry_after_s: float | None = None) -> None:
         super().__init__(message, retry_after_s=retry_after_s)
         self.status = status
+
+
+class RequestTooCostlyError(ServiceError):
+    """One request asks for more work than this decoder takes at once (``max_request_cost``); not retryable."""

@@ -19,8 +19,10 @@ RequestValidationError      422     invalid_request         bad query parameter 
 InvalidRequestError         422     invalid_request         option out of range (our checks)
 NotAcceptableError          406     not_acceptable          ``Accept`` names no format we write
 BodyTooLargeError           413     body_too_large          request body over ``max_body_bytes``
+RequestTooCostlyError       413     request_too_costly      decode work over ``max_request_cost``
 UnauthorizedError           401     unauthorized            missing / wrong bearer token
-QueueFullError              429     queue_full              + ``Retry-After``
+QueueFullError              429     queue_full              + ``Retry-After`` (queue at capacity, or
+                                                            the estimated wait beyond the deadline)
 NotReadyError               503     not_ready               + ``Retry-After`` (loading)
 DrainingError               503     draining                + ``Retry-After`` (shutting down)
 DeadlineExceededError       504     deadline_exceeded       deadline passed while queued
@@ -62,6 +64,7 @@ from services.serving.errors import (
     NotReadyError,
     QueueFullError,
     RequestCancelledError,
+    RequestTooCostlyError,
     UnauthorizedError,
     UpstreamError,
 )
@@ -79,6 +82,7 @@ _TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (InvalidRequestError, 422, "invalid_request"),
     (NotAcceptableError, 406, "not_acceptable"),
     (BodyTooLargeError, 413, "body_too_large"),
+    (RequestTooCostlyError, 413, "request_too_costly"),
     (UnauthorizedError, 401, "unauthorized"),
     (QueueFullError, 429, "queue_full"),
     (NotReadyError, 503, "not_ready"),

@@ -24,9 +24,9 @@ import zlib
 
 import numpy as np
 
-from services.errors import BitstreamError
+from services.errors import BitstreamError, ImageInputError
 from services.limits import DEFAULT_MAX_WORKING_PIXELS
-from services.sketch.chain_coder import decode_bitmap, encode_bitmap
+from services.sketch.chain_coder import decode_bitmap, encode_bitmap, path_pixel_budget
 from services.sketch.lossy import LEVELS, QUALITY_LEVELS, low_res_size
 
 VERSION = 3  # 3: integer range coder; 2: constriction (read only); 1: never decoded
@@ -47,6 +47,10 @@ def encode_bitmap_body(bits: np.ndarray, quality: int, version: int = VERSION) -
         raise ValueError(f"sketch body version must be one of {READ_VERSIONS}, got {version}")
     header = (version << 5) | quality
     data, paths = _lossless(version)[0](bits)
+    if sum(len(path) for path in paths) > path_pixel_budget(len(data)):  # never seen on photos or line art
+        raise ImageInputError(
+            "this image's sketch has more line pixels than its coded size allows a decoder to draw "
+            f"(path_pixel_budget); use a lower sketch quality than {quality}")
     return bytes([header]) + _check(header, bits) + data, paths
 
 

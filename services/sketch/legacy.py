@@ -15,7 +15,7 @@ import constriction
 import numpy as np
 
 from services.errors import BitstreamError
-from services.sketch.chain_coder import decode_with, walk
+from services.sketch.chain_coder import decode_with, path_pixel_budget, walk
 from services.sketch.contexts import AdaptiveTable
 
 _model = constriction.stream.model  # constriction exposes its submodules as attributes only
@@ -61,4 +61,4 @@ def decode_bitmap_v2(data: bytes, width: int, height: int) -> tuple[np.ndarray, 
         raise BitstreamError("corrupt sketch body: non-canonical trailing zero byte")
     padded = bytes(data) + b"\0" * (-len(data) % 4)
     words = np.frombuffer(padded, dtype=">u4").astype(np.uint32)
-    return decode_with(ConstrictionCoder(words), width, height)
+    return decode_with(ConstrictionCoder(words), width, height, path_pixel_budget(len(data)))
