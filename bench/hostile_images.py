@@ -3,8 +3,8 @@
 A real uvicorn encoder on 127.0.0.1 (tiny profile, ``prompt_source=given`` so the
 prompt stage needs no model; the real sketch stage runs). For every image of
 ``services.testing.hostile.hostile_images`` (plus a legal 36 Mpx flat PNG, the
-largest image the default 40 Mpx limit lets through, as the bounded worst case)
-the script resets the process's peak-RSS mark (``/proc/<pid>/clear_refs``,
+largest image the default 40 Mpx limit lets through, as the bounded worst case,
+and a 100 MB multipart upload sent chunked, without Content-Length) the script resets the process's peak-RSS mark (``/proc/<pid>/clear_refs``,
 Linux), sends the upload ``--repeat`` times, and reads ``VmHWM``: peak growth =
 peak RSS during the requests - RSS before them.
 
@@ -22,6 +22,8 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,6 +54,29 @@ def flat_png(side: int) -> bytes:
     return buffer.getvalue()
 
 
+@dataclass(frozen=True)
+class Streamed:
+    """An upload sent chunked (no Content-Length): ``body()`` yields ``upload_bytes`` bytes."""
+
+    name: str
+    body: Callable[[], Iterator[bytes]]
+    content_type: str
+    expected: tuple[int, ...]
+    upload_bytes: int
+
+
+BOUNDARY = "hostile-images-boundary"
+
+
+def chunked_multipart(total: int, chunk: int = 1024 * 1024) -> Iterator[bytes]:
+    """A multipart/form-data body whose field ``image`` is a PNG signature and ``total`` bytes of zeros."""
+    yield (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"big.png\"\r\n"
+           f"Content-Type: image/png\r\n\r\n").encode() + b"\x89PNG\r\n\x1a\n"
+    for _ in range(total // chunk):
+        yield b"\0" * chunk
+    yield f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=3)
@@ -61,9 +86,12 @@ def main() -> int:
 
     items = hostile_images(args.max_upload_bytes)
     items.append(HostileImage("legal_flat_png_6000x6000", flat_png(6000), "image/png", (200,)))
+    items.append(Streamed("multipart_chunked_100MB", lambda: chunked_multipart(100_000_000),
+                          f"multipart/form-data; boundary={BOUNDARY}", (413,), 100_000_000))
     work = Path(tempfile.mkdtemp(prefix="hostile-images-"))
+    # given prompts: the encoder's background warm-up then needs no caption model
     env = {"TEXTSKETCH_CACHE_DIR": os.environ.get("TEXTSKETCH_CACHE_DIR", str(work / "cache")),
-           "TEXTSKETCH_ENCODER_MAX_UPLOAD_BYTES": str(args.max_upload_bytes)}
+           "TEXTSKETCH_ENCODER_MAX_UPLOAD_BYTES": str(args.max_upload_bytes), "TEXTSKETCH_PROMPT_SOURCE": "given"}
     service = start_process("encoder_service.app:create_app", env, work)
     rows = []
     try:
@@ -72,7 +100,7 @@ def main() -> int:
         with httpx.Client(timeout=300) as client:
             # one ordinary encode first, so lazily imported code is not counted against the first hostile image
             client.post(f"{service.url}/encode", params={"prompt_source": "given", "text": "warm"},
-                        content=items[-2].data, headers={"Content-Type": "image/png"})
+                        content=items[-3].data, headers={"Content-Type": "image/png"})
             for item in items:
                 headers = {"Content-Type": item.content_type} if item.content_type else {}
                 rss_before = proc_kb(pid, "VmRSS")
@@ -80,14 +108,16 @@ def main() -> int:
                 statuses, times, detail = [], [], ""
                 for _ in range(args.repeat):
                     start = time.perf_counter()
+                    content = item.body() if isinstance(item, Streamed) else item.data
                     response = client.post(f"{service.url}/encode", params={"prompt_source": "given", "text": "a house"},
-                                           content=item.data, headers=headers)
+                                           content=content, headers=headers)
                     times.append(time.perf_counter() - start)
                     statuses.append(response.status_code)
                     if response.status_code != 200:
                         detail = response.json().get("detail", "")
                 peak = proc_kb(pid, "VmHWM")
-                rows.append({"image": item.name, "upload_bytes": len(item.data), "statuses": sorted(set(statuses)),
+                upload_bytes = item.upload_bytes if isinstance(item, Streamed) else len(item.data)
+                rows.append({"image": item.name, "upload_bytes": upload_bytes, "statuses": sorted(set(statuses)),
                              "expected": list(item.expected), "ok": all(s in item.expected for s in statuses),
                              "seconds_max": round(max(times), 3), "peak_growth_mb": round((peak - rss_before) / 1024, 1),
                              "rss_mb_before": round(rss_before / 1024, 1), "detail": detail[:120]})

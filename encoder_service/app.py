@@ -1,9 +1,13 @@
 """Encoder service HTTP layer: POST /encode returns the payload bytes (application/msgpack).
 
-CPU work (image decoding, prompt and sketch stages) runs in the thread pool,
-never on the event loop; at most ``max_concurrent_encodes`` run at once and at
-most ``max_waiting_encodes`` wait (then 429). Candidate selection asks the
-decoder service for candidates 1..N and keeps the closest by CLIP similarity.
+CPU work (image decoding, prompt and sketch stages, CLIP scoring) runs in the
+thread pool, never on the event loop; at most ``max_concurrent_encodes`` run at
+once and at most ``max_waiting_encodes`` wait (then 429). The upload is read
+within its byte limit (``encoder_service.uploads``) and its declared size checked
+against the limits before any pixel is decoded. Models load in the background
+after start-up (``encoder_service.runtime``); until then: 503. Candidate
+selection asks the decoder service for candidates 1..N and keeps the closest by
+CLIP similarity.
 
 Run: ``TEXTSKETCH_PROFILE=tiny python -m uvicorn --factory encoder_service.app:create_app --port 8000``
 """
@@ -19,20 +23,16 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from encoder_service.selection import get_scorer, unpack_candidates
+from encoder_service.runtime import EncoderRuntime, warm_up
+from encoder_service.selection import CandidateScorer, load_scorer, unpack_candidates
 from encoder_service.settings import EncoderSettings
+from encoder_service.uploads import read_upload
 from services.bitstream.container import MAX_CANDIDATE, Payload
-from services.errors import CodecError, ImageTooLargeError, UnsupportedMediaError
-from services.imaging import ACCEPTED_CONTENT_TYPES, load_image
-from services.serving.errors import (
-    DrainingError,
-    InvalidRequestError,
-    NotReadyError,
-    QueueFullError,
-    UnauthorizedError,
-    UpstreamError,
-)
-from services.serving.http import bearer_token_ok, install_error_handlers, read_body
+from services.codec import image_working_size
+from services.errors import CodecError, ModelUnavailableError
+from services.imaging import load_image_for_coding
+from services.serving.errors import InvalidRequestError, QueueFullError, UnauthorizedError, UpstreamError
+from services.serving.http import bearer_token_ok, install_error_handlers
 from services.serving.metrics import ServiceMetrics, add_metrics_route, install_request_metrics
 
 log = logging.getLogger("textsketch.encoder")
@@ -57,12 +57,15 @@ _PAYLOAD_RESPONSES = {
         "X-Sketch-Bytes, X-Candidate, X-Candidate-Selection.",
         "content": {"application/msgpack": {"schema": {"type": "string", "format": "binary"}}},
     },
-    413: {"description": "Upload larger than the byte or pixel limit."},
+    413: {"description": "Upload larger than the byte limit, or an image whose declared size is over the pixel "
+                 "or working-size limit (checked before decoding)."},
     415: {"description": "Not an image type the encoder reads."},
     422: {"description": "Corrupt image or an option out of range."},
     429: {"description": "Too many encodes waiting; retry after Retry-After seconds."},
     502: {"description": "Candidate selection: the decoder answered with an error."},
-    503: {"description": "Candidate selection: the decoder is unreachable (without candidate_fallback)."},
+    503: {"description": "Models still loading or failed to load (not_ready, Retry-After); shutting down "
+                 "(draining); candidate selection without candidate_fallback: the decoder is unreachable "
+                 "(upstream_unavailable) or the selection CLIP cannot be loaded (model_unavailable)."},
 }
 
 
@@ -77,8 +80,10 @@ class _Limiter:
         self._metrics = metrics
 
     @contextlib.asynccontextmanager
-    async def slot(self):
-        if self._inside >= self._capacity:
+    async def slot(self, admitted: bool = False):
+        """A running slot. ``admitted``: the request already passed this limiter once (it comes back with
+        the decoder's candidates to score), so it waits for a slot instead of getting a 429."""
+        if self._inside >= self._capacity and not admitted:
             self._metrics.rejected("queue_full")
             raise QueueFullError("too many encodes in progress; retry after the Retry-After delay",
                                  retry_after_s=self._retry_after_s)
@@ -97,28 +102,26 @@ def create_app(settings: EncoderSettings | None = None, http_transport: httpx.As
     settings = settings or EncoderSettings()
     metrics = ServiceMetrics("encoder")
     limiter = _Limiter(settings.max_concurrent_encodes, settings.max_waiting_encodes, settings.retry_after_s, metrics)
-    state = {"ready": False, "draining": False}
+    runtime = EncoderRuntime(metrics, (lambda: warm_up(settings)) if settings.warmup else None)
+    working_size = image_working_size(settings.codec)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         headers = {"Authorization": f"Bearer {settings.decoder_token.get_secret_value()}"} if settings.decoder_token else {}
         app.state.decoder = httpx.AsyncClient(
             timeout=settings.decoder_timeout_s, headers=headers, transport=http_transport)
-        if settings.warmup:
-            await run_in_threadpool(_warm_up, settings)
-        state["ready"] = True
-        metrics.set_ready(True)
+        await runtime.startup()
         try:
             yield
         finally:
-            state["ready"], state["draining"] = False, True
-            metrics.set_ready(False)
+            await runtime.shutdown()
             await app.state.decoder.aclose()
 
     app = FastAPI(title="textsketch encoder", version="1", lifespan=lifespan,
                   description="Codes images as a short CLIP-token prompt plus a tiny coded sketch.")
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.runtime = runtime
     install_error_handlers(app)
     install_request_metrics(app, metrics)
 
@@ -137,29 +140,26 @@ def create_app(settings: EncoderSettings | None = None, http_transport: httpx.As
         if not bearer_token_ok(request.headers.get("authorization"), settings.auth_token):
             metrics.rejected("unauthorized")
             raise UnauthorizedError("missing or wrong bearer token; send Authorization: Bearer <token>")
-        if state["draining"]:
-            metrics.rejected("draining")
-            raise DrainingError("the encoder is shutting down", retry_after_s=5)
-        if not state["ready"]:
-            metrics.rejected("not_ready")
-            raise NotReadyError("the encoder is still starting", retry_after_s=5)
+        runtime.check_accepting()
         if candidates and (candidates & (candidates - 1) or candidates > settings.max_candidates):
             raise InvalidRequestError(f"candidates must be a power of two up to {settings.max_candidates}, got {candidates}")
         max_bytes, max_pixels = settings.upload_limits()
-        upload = await _read_upload(request, max_bytes, metrics)
+        upload = await read_upload(request, max_bytes, metrics)
         options = {"mode": mode, "prompt_source": prompt_source, "text": text, "quality": quality,
                    "target_bytes": target_bytes}
         async with limiter.slot():
             with metrics.stage("decode_image"):
-                image = await run_in_threadpool(load_image, upload, max_bytes=max_bytes, max_pixels=max_pixels)
+                loaded = await run_in_threadpool(load_image_for_coding, upload, max_bytes=max_bytes,
+                                                 max_pixels=max_pixels, working_size=working_size)
             with metrics.stage("encode"):
-                result = await run_in_threadpool(_encode, image, settings, options)
+                result = await run_in_threadpool(_encode, loaded.image, settings, options, loaded.size)
         payload: Payload = result.payload
         selection_note = "off"
         if candidates:
             fallback = settings.candidate_fallback if candidate_fallback is None else candidate_fallback
             with metrics.stage("candidate_selection"):
-                payload, selection_note = await _select(app, settings, metrics, image, payload, candidates, fallback)
+                payload, selection_note = await _select(app, settings, limiter, metrics, loaded.image, payload,
+                                                        candidates, fallback)
         data = payload.to_bytes()
         headers = {
             "X-Payload-Bytes": str(len(data)),
@@ -171,14 +171,16 @@ def create_app(settings: EncoderSettings | None = None, http_transport: httpx.As
         }
         return Response(data, media_type="application/msgpack", headers=headers)
 
-    @app.get("/health/live", summary="Liveness")
+    @app.get("/health/live", summary="Liveness: the process runs (fails only when loading the models failed)")
     async def live() -> JSONResponse:
-        return JSONResponse({"status": "alive"})
+        failed = runtime.load_error is not None
+        return JSONResponse({"status": "failed" if failed else "alive", "detail": runtime.load_error},
+                            status_code=503 if failed else 200)
 
-    @app.get("/health/ready", summary="Readiness: started (and warmed up when configured), not draining")
+    @app.get("/health/ready", summary="Readiness: models loaded (warm-up encode done), not draining")
     async def ready() -> JSONResponse:
-        ok = state["ready"] and not state["draining"]
-        return JSONResponse({"status": "ready" if ok else ("draining" if state["draining"] else "loading")},
+        ok = runtime.ready
+        return JSONResponse({"status": runtime.state.value, "detail": runtime.load_error},
                             status_code=200 if ok else 503, headers={} if ok else {"Retry-After": "5"})
 
     add_metrics_route(app, metrics)
@@ -186,90 +188,67 @@ def create_app(settings: EncoderSettings | None = None, http_transport: httpx.As
     return app
 
 
-async def _read_upload(request: Request, max_bytes: int, metrics: ServiceMetrics) -> bytes:
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    declared = request.headers.get("content-length")
-    slack = 64 * 1024 if content_type == "multipart/form-data" else 0
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes + slack:
-        metrics.rejected("too_large")
-        raise ImageTooLargeError(f"upload is {declared} bytes; the limit is {max_bytes}")
-    if content_type == "multipart/form-data":
-        form = await request.form(max_files=1, max_fields=8)
-        field = form.get("image")
-        if field is None or isinstance(field, str):
-            raise InvalidRequestError("multipart upload needs the image file in the form field `image`")
-        data = await field.read()
-    elif content_type in ACCEPTED_CONTENT_TYPES or content_type.startswith("image/"):
-        try:
-            data = await read_body(request, max_bytes, too_large=ImageTooLargeError)
-        except ImageTooLargeError:
-            metrics.rejected("too_large")
-            raise
-    else:
-        raise UnsupportedMediaError(
-            f"send the image as its own content type (image/png, image/jpeg, ...) or multipart/form-data, "
-            f"not {content_type or 'no content type'}")
-    if len(data) > max_bytes:
-        metrics.rejected("too_large")
-        raise ImageTooLargeError(f"upload is {len(data)} bytes; the limit is {max_bytes}")
-    return data
-
-
-def _encode(image, settings: EncoderSettings, options: dict):
+def _encode(image, settings: EncoderSettings, options: dict, original_size: tuple[int, int]):
     from services.codec import EncodeOptions, encode_image, parse_mode
 
     try:
         return encode_image(image, settings.codec, EncodeOptions(
             mode=parse_mode(options["mode"]), prompt_source=options["prompt_source"], text=options["text"],
-            quality=options["quality"], target_bytes=options["target_bytes"]))
+            quality=options["quality"], target_bytes=options["target_bytes"]), original_size)
     except ValueError as exc:
         if isinstance(exc, CodecError):
             raise
         raise InvalidRequestError(str(exc)) from None
 
 
-def _warm_up(settings: EncoderSettings) -> None:
-    from PIL import Image
+async def _select(app, settings: EncoderSettings, limiter: _Limiter, metrics: ServiceMetrics, image,
+                  payload: Payload, n: int, fallback: bool) -> tuple[Payload, str]:
+    """Ask the decoder for candidates 1..n, keep the closest; on failure fall back or raise.
 
-    _encode(Image.new("RGB", (96, 64), (128, 96, 64)), settings,
-            {"mode": "pics", "prompt_source": None, "text": "warm up", "quality": None, "target_bytes": None})
-
-
-async def _select(app, settings: EncoderSettings, metrics: ServiceMetrics, image, payload: Payload, n: int,
-                  fallback: bool) -> tuple[Payload, str]:
-    """Ask the decoder for candidates 1..n, keep the closest; on failure fall back or raise."""
+    The scorer is loaded first, so an unavailable scorer never costs the decoder a rendering; loading
+    and scoring take a slot of the encoder's limiter like every other CPU (or GPU) step.
+    """
     try:
         if not settings.decoder_url:
             raise UpstreamError("candidate selection needs TEXTSKETCH_ENCODER_DECODER_URL (the decoder service)",
                                 status=503)
-        try:
-            response = await app.state.decoder.post(
-                f"{settings.decoder_url.rstrip('/')}/candidates", params={"n": n, "format": "png"},
-                content=payload.with_candidate(0).to_bytes(), headers={"Content-Type": "application/msgpack"})
-        except httpx.TimeoutException as exc:
-            raise UpstreamError(f"the decoder at {settings.decoder_url} timed out rendering candidates ({exc!r})",
-                                status=504) from None
-        except httpx.HTTPError as exc:
-            raise UpstreamError(f"the decoder at {settings.decoder_url} is unreachable ({exc!r})", status=503,
-                                retry_after_s=5) from None
-        if response.status_code != 200:
-            try:
-                detail = response.json().get("detail", response.text)
-            except ValueError:
-                detail = response.text[:200]
-            busy = response.status_code in (429, 503)
-            raise UpstreamError(f"the decoder answered {response.status_code} to /candidates: {detail}",
-                                status=503 if busy else 502, retry_after_s=5 if busy else None)
-        images = unpack_candidates(response.content, n)
-        scorer = get_scorer(settings.clip_model(), settings.codec.device, settings.selection_clip_revision)
-        selection = await run_in_threadpool(scorer.select, image, images)
-    except UpstreamError as exc:
-        metrics.rejected("upstream")
+        async with limiter.slot(admitted=True):
+            scorer: CandidateScorer = await run_in_threadpool(
+                load_scorer, settings.clip_model(), settings.codec.device, settings.selection_clip_revision,
+                settings.codec.cache_dir)
+        images = await _render_candidates(app, settings, payload, n)
+        async with limiter.slot(admitted=True):
+            selection = await run_in_threadpool(scorer.select, image, images)
+    except (UpstreamError, ModelUnavailableError) as exc:
+        metrics.rejected("upstream" if isinstance(exc, UpstreamError) else "model_unavailable")
         if not fallback:
             raise
         log.warning("candidate selection skipped (fallback): %s", exc)
         return payload.with_candidate(0), "fallback"
     return payload.with_candidate(selection.index), f"selected {selection.index} of {n}"
+
+
+async def _render_candidates(app, settings: EncoderSettings, payload: Payload, n: int) -> list:
+    """The decoder's renderings of candidates 1..n of ``payload``; ``UpstreamError`` when it fails."""
+    try:
+        response = await app.state.decoder.post(
+            f"{settings.decoder_url.rstrip('/')}/candidates", params={"n": n, "format": "png"},
+            content=payload.with_candidate(0).to_bytes(), headers={"Content-Type": "application/msgpack"})
+    except httpx.TimeoutException as exc:
+        raise UpstreamError(f"the decoder at {settings.decoder_url} timed out rendering candidates ({exc!r})",
+                            status=504) from None
+    except httpx.HTTPError as exc:
+        raise UpstreamError(f"the decoder at {settings.decoder_url} is unreachable ({exc!r})", status=503,
+                            retry_after_s=5) from None
+    if response.status_code != 200:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text[:200]
+        busy = response.status_code in (429, 503)
+        raise UpstreamError(f"the decoder answered {response.status_code} to /candidates: {detail}",
+                            status=503 if busy else 502, retry_after_s=5 if busy else None)
+    return unpack_candidates(response.content, n)
 
 
 def __getattr__(name: str):

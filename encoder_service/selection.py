@@ -3,7 +3,8 @@
 The published trick: render candidates 1..N (seeds derived from the payload),
 score each by CLIP image-embedding cosine similarity to the input image, send
 only the winner's index. The CLIP model is any transformers ``CLIPModel``
-folder or hub id with its image processor beside it (a tiny random one in tests).
+folder or hub id with its image processor beside it, or ``tiny`` (the tiny
+random CLIP of ``services.tiny.encoders``, as for every model setting).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import io
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import msgpack
 from PIL import Image
@@ -21,6 +23,7 @@ from services.bitstream.container import MAX_CANDIDATE
 from services.devices import resolve_device
 from services.errors import ModelUnavailableError
 from services.serving.errors import UpstreamError
+from services.tiny.encoders import resolve_model_id
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,8 @@ class CandidateScorer:
             try:
                 self._processor = AutoImageProcessor.from_pretrained(self.model_id, revision=self.revision)
                 self._model = CLIPModel.from_pretrained(self.model_id, revision=self.revision).to(self.device).eval()
-            except OSError as exc:
+            except Exception as exc:  # noqa: BLE001 - any load failure (missing files, bad config, device) is one 503
+                self._processor = self._model = None
                 raise ModelUnavailableError(
                     f"cannot load the CLIP model {self.model_id!r} for candidate selection: {exc}. Set "
                     "TEXTSKETCH_ENCODER_SELECTION_CLIP_MODEL to a local CLIPModel folder (with its image processor)."
@@ -80,6 +84,18 @@ class CandidateScorer:
 @functools.lru_cache(maxsize=4)
 def get_scorer(model_id: str, device: str, revision: str | None = None) -> CandidateScorer:
     return CandidateScorer(model_id, device, revision)
+
+
+def load_scorer(model_id: str, device: str, revision: str | None, cache_dir: Path) -> CandidateScorer:
+    """The loaded scorer for a model setting (``tiny`` resolved like every model setting) on ``device``
+    (``auto``, ``cpu``, ``cuda[:N]``); ``ModelUnavailableError`` when it cannot be loaded. Blocking."""
+    try:
+        model_id = resolve_model_id(model_id, "clip", cache_dir)
+    except Exception as exc:  # noqa: BLE001 - building the tiny CLIP failed: the scorer is unavailable
+        raise ModelUnavailableError(f"cannot build the tiny CLIP model for candidate selection: {exc}") from exc
+    scorer = get_scorer(model_id, resolve_device(device), revision)
+    scorer.load()
+    return scorer
 
 
 def unpack_candidates(body: bytes, n: int) -> list[Image.Image]:

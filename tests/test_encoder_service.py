@@ -40,7 +40,8 @@ def tiny_clip(tmp_path_factory) -> str:
 
 
 def make_app(tmp_path, transport=None, **overrides):
-    codec = CodecSettings(profile="tiny", cache_dir=tmp_path / "cache")
+    # prompt_source=given: the background warm-up then needs no caption model (none offline but tiny)
+    codec = CodecSettings(profile="tiny", cache_dir=tmp_path / "cache", prompt_source="given")
     return create_app(EncoderSettings(codec=codec, **overrides), http_transport=transport)
 
 
@@ -200,6 +201,35 @@ def test_limiter_refuses_beyond_running_plus_waiting():
 
     order, error = run(main())
     assert order == ["a", "b", "c"] and error.retry_after_s == 2
+
+
+def test_a_request_coming_back_to_score_its_candidates_waits_instead_of_a_429():
+    async def main():
+        limiter = _Limiter(running=1, waiting=0, retry_after_s=2, metrics=ServiceMetrics("encoder"))
+        release = asyncio.Event()
+
+        async def hold():
+            async with limiter.slot():
+                await release.wait()
+
+        holder = asyncio.ensure_future(hold())
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFullError):  # a new request: refused at once
+            async with limiter.slot():
+                pass
+
+        async def score():
+            async with limiter.slot(admitted=True):  # already admitted once: waits for the running slot
+                return "scored"
+
+        scoring = asyncio.ensure_future(score())
+        await asyncio.sleep(0.05)
+        waited = not scoring.done()
+        release.set()
+        await holder
+        return waited, await scoring
+
+    assert run(main()) == (True, "scored")
 
 
 def test_health_metrics_and_openapi(tmp_path, photo_png):

@@ -93,7 +93,8 @@ def test_bearer_token_check(header, token, ok):
 
 
 def test_encoder_auth_rejects_before_reading_the_upload(tmp_path):
-    app = create_encoder(EncoderSettings(codec=CodecSettings(profile="tiny", cache_dir=tmp_path), auth_token=SECRET))
+    app = create_encoder(EncoderSettings(codec=CodecSettings(profile="tiny", cache_dir=tmp_path, prompt_source="given"),
+                                         auth_token=SECRET))
 
     async def main():
         async with serving(app) as client:
@@ -152,7 +153,8 @@ def test_tokens_never_reach_logs_or_error_bodies(tmp_path, caplog):
     assert SECRET not in wrong.text + failed.text
 
     # The encoder's token for the decoder stays out of its error bodies and logs when the decoder is down.
-    settings = EncoderSettings(codec=CodecSettings(profile="tiny", cache_dir=tmp_path / "cache"),
+    settings = EncoderSettings(codec=CodecSettings(profile="tiny", cache_dir=tmp_path / "cache", prompt_source="given",
+                                                   clip_model="tiny"),
                                decoder_url=f"http://127.0.0.1:{free_port()}", decoder_token=SECRET)
     app = create_encoder(settings)
 
