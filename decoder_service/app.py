@@ -2,10 +2,11 @@
 
 Run (settings from the environment, see docs/services.md):
 
-    TEXTSKETCH_PROFILE=tiny python -m uvicorn --factory decoder_service.app:create_app --port 8001
+    TEXTSKETCH_PROFILE=tiny python -m decoder_service --port 8002
 
-``decoder_service.app:app`` (without ``--factory``) works too: it builds the app
-from the environment when uvicorn looks the name up, never at import.
+(the launcher, ``services/serving/server.py``: uvicorn with the connection limits and a graceful
+timeout above ``drain_timeout_s``). ``decoder_service.app:app`` works for a plain uvicorn too: it
+builds the app from the environment when uvicorn looks the name up, never at import.
 """
 
 from __future__ import annotations

@@ -72,6 +72,9 @@ def test_sigterm_with_queued_requests_completes_every_accepted_one(tmp_path):
 
         async def main():
             async with httpx.AsyncClient(timeout=60) as client:
+                # one measured batch first: until then the decoder queues only one batch (cold start)
+                assert (await client.post(f"{service.url}/decode", content=pic_payload(),
+                                          headers=MSGPACK)).status_code == 200
                 queued = [asyncio.ensure_future(client.post(f"{service.url}/decode", headers=MSGPACK,
                                                             content=pic_payload(token_ids=(500 + i,))))
                           for i in range(16)]

@@ -1,0 +1,232 @@
+"""Decoder capacity probes, run the same way against two checkouts side by side (before / after).
+
+Each probe starts its own decoder process on 127.0.0.1 from the checkout under test, with the
+venv's Python. The current checkout starts through its launcher (``python -m decoder_service``);
+a checkout without one (``--before``, e.g. a ``git worktree`` of an older commit) starts the way
+it was started then: ``python -m uvicorn --factory ... --timeout-graceful-shutdown G``.
+
+- ``amplify``: the real tiny diffusion decoder; the issue's 20-byte payload declaring an
+  8192x8192 output, and a PIC payload declaring 8192x512. Status, answer bytes, seconds, and the
+  process's peak memory growth (VmHWM after resetting it through /proc/<pid>/clear_refs, Linux).
+- ``overload``: the real tiny decoder; ``--requests`` PIC decodes (96x64, 768x512 working) at
+  ``--concurrency``. Share of admitted requests (not 429) that finish 200, the 429s and their
+  distinct Retry-After values, answers that never came (lost).
+- ``drain``: the fake model (1 s per batch, batch size 1) with ``--drain-requests`` queued, SIGTERM,
+  and a request sent during the drain. The old checkout gets uvicorn's graceful timeout below its
+  drain timeout (as scripts/serve.sh had it: 60 s against 120 s), scaled down to
+  ``--grace`` seconds; the current one has its drain timeout set to ``--grace`` and the launcher
+  sets uvicorn above it. Statuses of accepted requests (200 / typed 503/504 / 500 / lost).
+
+    python bench/capacity_bench.py --before /tmp/before --parts amplify,overload,drain
+
+Prints a table per probe and writes ``bench/out/capacity_bench.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import os
+import signal
+import subprocess  # nosec B404 - starts this project's own apps
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import httpx
+
+from services.testing.load import post_all
+from services.testing.payloads import pic_payload
+from services.testing.servers import free_port
+
+AMPLIFIER = bytes.fromhex("986164cd2000cd200000c40601a4d24d5559c000")  # tiny PIC, 8192x8192, 20 bytes
+MSGPACK = {"Content-Type": "application/msgpack"}
+FAKE = "services.testing.fakes:create_fake_decoder_app"
+REAL = "decoder_service.app:create_app"
+
+
+class Decoder:
+    """A decoder process started from ``checkout``."""
+
+    def __init__(self, checkout: Path, target: str, env: dict[str, str], log_dir: Path, grace_s: float = 60) -> None:
+        self.port = free_port()
+        launcher = (checkout / "decoder_service" / "__main__.py").is_file()
+        if launcher:
+            command = [sys.executable, "-m", "decoder_service", "--app", target]
+        else:
+            command = [sys.executable, "-m", "uvicorn", "--factory", target,
+                       "--timeout-graceful-shutdown", str(int(grace_s))]
+        command += ["--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"]
+        self.log_path = log_dir / f"decoder-{self.port}.log"
+        full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(checkout), "TEXTSKETCH_PROFILE": "tiny",
+                    "TEXTSKETCH_DECODER_WARMUP_BATCH_SIZES": "[1]", **env}
+        self.process = subprocess.Popen(  # nosec B603 - fixed argv: this Python, the service
+            command, cwd=checkout, env=full_env, stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout_s: float = 300) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(self.log_path.read_text()[-3000:])
+            try:
+                if httpx.get(f"{self.url}/health/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError("decoder not ready")
+
+    def reset_peak(self) -> int:
+        Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")
+        return self._status_kib("VmRSS")
+
+    def peak_kib(self) -> int:
+        return self._status_kib("VmHWM")
+
+    def _status_kib(self, field: str) -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        return 0
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+
+def amplify(checkout: Path, work: Path) -> list[dict]:
+    decoder = Decoder(checkout, REAL, {"TEXTSKETCH_CACHE_DIR": str(work / "cache")}, work)
+    rows = []
+    try:
+        decoder.wait_ready()
+        probes = [("20 B, 8192x8192 output", AMPLIFIER), ("PIC 8192x512", pic_payload(width=8192, height=512))]
+        for name, body in probes:
+            before = decoder.reset_peak()
+            start = time.perf_counter()
+            response = httpx.post(f"{decoder.url}/decode", content=body, headers=MSGPACK, timeout=600)
+            seconds = time.perf_counter() - start
+            rows.append({"probe": name, "request_bytes": len(body), "status": response.status_code,
+                         "answer_bytes": len(response.content), "seconds": round(seconds, 2),
+                         "peak_growth_mb": round((decoder.peak_kib() - before) / 1024, 1)})
+    finally:
+        decoder.stop()
+    return rows
+
+
+def overload(checkout: Path, work: Path, requests: int, concurrency: int) -> dict:
+    decoder = Decoder(checkout, REAL, {"TEXTSKETCH_CACHE_DIR": str(work / "cache")}, work)
+    try:
+        decoder.wait_ready()
+        bodies = [pic_payload(token_ids=(1000 + i % 40000,)) for i in range(requests)]
+        start = time.perf_counter()
+        answers = asyncio.run(post_all(f"{decoder.url}/decode", bodies, concurrency=concurrency, timeout_s=600))
+        seconds = time.perf_counter() - start
+    finally:
+        decoder.stop()
+    statuses = collections.Counter(a.status for a in answers)
+    admitted = requests - statuses[429]
+    retry_after = sorted({a.retry_after for a in answers if a.status == 429}, key=lambda v: float(v or 0))
+    return {"requests": requests, "concurrency": concurrency, "seconds": round(seconds, 1),
+            "statuses": dict(sorted(statuses.items())), "admitted": admitted,
+            "admitted_ok_share": round(statuses[200] / admitted, 3) if admitted else None,
+            "retry_after_values": retry_after[:12], "distinct_retry_after": len(retry_after),
+            "lost": statuses[0]}
+
+
+def drain(checkout: Path, work: Path, n_requests: int, grace_s: float) -> dict:
+    new = (checkout / "decoder_service" / "__main__.py").is_file()
+    env = {"TEXTSKETCH_CACHE_DIR": str(work / "cache"), "TEXTSKETCH_FAKE_DELAY_S": "1.0",
+           "TEXTSKETCH_DECODER_MAX_BATCH_SIZE": "1", "TEXTSKETCH_DECODER_MAX_QUEUE_SIZE": str(n_requests + 4)}
+    if new:
+        env["TEXTSKETCH_DECODER_DRAIN_TIMEOUT_S"] = str(grace_s)
+    decoder = Decoder(checkout, FAKE, env, work, grace_s=grace_s)
+    try:
+        decoder.wait_ready()
+
+        async def main():
+            async with httpx.AsyncClient(timeout=120) as client:
+                warm = await client.post(f"{decoder.url}/decode", content=pic_payload(), headers=MSGPACK)
+                assert warm.status_code == 200
+                accepted = [asyncio.ensure_future(client.post(
+                    f"{decoder.url}/decode", content=pic_payload(token_ids=(700 + i,)), headers=MSGPACK))
+                    for i in range(n_requests)]
+                await asyncio.sleep(1.0)
+                decoder.process.send_signal(signal.SIGTERM)
+                sent_at = time.monotonic()
+                await asyncio.sleep(0.5)
+                try:
+                    during = (await client.post(f"{decoder.url}/decode", content=pic_payload(),
+                                                headers=MSGPACK)).status_code
+                except httpx.HTTPError as exc:
+                    during = type(exc).__name__
+                results = await asyncio.gather(*accepted, return_exceptions=True)
+                return results, during, time.monotonic() - sent_at
+
+        results, during, seconds = asyncio.run(main())
+        decoder.process.wait(120)
+    finally:
+        decoder.stop()
+    outcome = collections.Counter()
+    for result in results:
+        if isinstance(result, Exception):
+            outcome["lost (" + type(result).__name__ + ")"] += 1
+        elif result.status_code == 200:
+            outcome["200"] += 1
+        else:
+            try:
+                code = result.json().get("error")
+            except ValueError:
+                code = "plain text"
+            outcome[f"{result.status_code} {code}"] += 1
+    typed = sum(v for k, v in outcome.items() if k == "200" or k.startswith(("503 ", "504 ")))
+    return {"accepted": n_requests, "outcomes": dict(outcome), "ok_or_typed_share": round(typed / n_requests, 3),
+            "new_request_during_drain": during, "seconds_after_sigterm": round(seconds, 1)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--before", type=Path, help="Checkout of the old code to run the same probes against.")
+    parser.add_argument("--parts", default="amplify,overload,drain")
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=200)
+    parser.add_argument("--drain-requests", type=int, default=12)
+    parser.add_argument("--grace", type=float, default=4.0, help="Drain / graceful seconds of the drain probe.")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "capacity_bench.json")
+    args = parser.parse_args()
+    parts = args.parts.split(",")
+    trees = ([("before", args.before.resolve())] if args.before else []) + [("after", REPO)]
+    report: dict = {}
+    for label, checkout in trees:
+        work = Path(tempfile.mkdtemp(prefix=f"capacity-{label}-"))
+        entry = report.setdefault(label, {"checkout": str(checkout)})
+        if "amplify" in parts:
+            entry["amplify"] = amplify(checkout, work)
+            for row in entry["amplify"]:
+                print(f"[{label}] amplify {row}", flush=True)
+        if "overload" in parts:
+            entry["overload"] = overload(checkout, work, args.requests, args.concurrency)
+            print(f"[{label}] overload {entry['overload']}", flush=True)
+        if "drain" in parts:
+            entry["drain"] = drain(checkout, work, args.drain_requests, args.grace)
+            print(f"[{label}] drain {entry['drain']}", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
