@@ -9,7 +9,10 @@ after start-up (``encoder_service.runtime``); until then: 503. Candidate
 selection asks the decoder service for candidates 1..N and keeps the closest by
 CLIP similarity.
 
-Run: ``TEXTSKETCH_PROFILE=tiny python -m uvicorn --factory encoder_service.app:create_app --port 8000``
+Run: ``TEXTSKETCH_PROFILE=tiny python -m encoder_service --port 8001`` (the launcher,
+``services/serving/server.py``). On SIGTERM the encoder answers new requests 503 ``draining`` and
+lets the encodes in flight finish (``drain_timeout_s``) before uvicorn stops
+(``services/serving/lifecycle.py``).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from services.errors import CodecError, ModelUnavailableError
 from services.imaging import load_image_for_coding
 from services.serving.errors import InvalidRequestError, QueueFullError, UnauthorizedError, UpstreamError
 from services.serving.http import bearer_token_ok, install_error_handlers
+from services.serving.lifecycle import install_sigterm_drain
 from services.serving.metrics import ServiceMetrics, add_metrics_route, install_request_metrics
 
 log = logging.getLogger("textsketch.encoder")
@@ -79,6 +83,13 @@ class _Limiter:
         self._retry_after_s = retry_after_s
         self._metrics = metrics
 
+    def check_capacity(self) -> None:
+        """429 before an upload is read when the limiter is already full."""
+        if self._inside >= self._capacity:
+            self._metrics.rejected("queue_full")
+            raise QueueFullError("too many encodes in progress; retry after the Retry-After delay",
+                                 retry_after_s=self._retry_after_s)
+
     @contextlib.asynccontextmanager
     async def slot(self, admitted: bool = False):
         """A running slot. ``admitted``: the request already passed this limiter once (it comes back with
@@ -111,9 +122,13 @@ def create_app(settings: EncoderSettings | None = None, http_transport: httpx.As
         app.state.decoder = httpx.AsyncClient(
             timeout=settings.decoder_timeout_s, headers=headers, transport=http_transport)
         await runtime.startup()
+        restore = (install_sigterm_drain(runtime.begin_drain, lambda: runtime.drain(settings.drain_timeout_s))
+                   if settings.handle_sigterm else None)
         try:
             yield
         finally:
+            if restore is not None:
+                restore()
             await runtime.shutdown()
             await app.state.decoder.aclose()
 
@@ -143,10 +158,16 @@ def create_app(settings: EncoderSettings | None = None, http_transport: httpx.As
         runtime.check_accepting()
         if candidates and (candidates & (candidates - 1) or candidates > settings.max_candidates):
             raise InvalidRequestError(f"candidates must be a power of two up to {settings.max_candidates}, got {candidates}")
+        limiter.check_capacity()  # before reading the upload
+        async with runtime.request():
+            return await _handle_encode(request, candidates, candidate_fallback, {
+                "mode": mode, "prompt_source": prompt_source, "text": text, "quality": quality,
+                "target_bytes": target_bytes})
+
+    async def _handle_encode(request: Request, candidates: int, candidate_fallback: bool | None,
+                             options: dict) -> Response:
         max_bytes, max_pixels = settings.upload_limits()
         upload = await read_upload(request, max_bytes, metrics)
-        options = {"mode": mode, "prompt_source": prompt_source, "text": text, "quality": quality,
-                   "target_bytes": target_bytes}
         async with limiter.slot():
             with metrics.stage("decode_image"):
                 loaded = await run_in_threadpool(load_image_for_coding, upload, max_bytes=max_bytes,

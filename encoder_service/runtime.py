@@ -11,10 +11,11 @@ on a worker thread. Until it finished, ``/health/ready`` and ``/encode`` answer 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from starlette.concurrency import run_in_threadpool
 
@@ -43,6 +44,7 @@ class EncoderRuntime:
         self.state = State.LOADING
         self.load_error: str | None = None
         self._task: asyncio.Task | None = None
+        self.in_flight = 0  # /encode requests past check_accepting, not yet answered
 
     async def startup(self) -> None:
         """Start loading in the background; without a warm-up the encoder is ready at once."""
@@ -87,6 +89,28 @@ class EncoderRuntime:
         if self.state is not State.FAILED:
             self.state = State.DRAINING
         self.metrics.set_ready(False)
+
+    @contextlib.asynccontextmanager
+    async def request(self) -> AsyncIterator[None]:
+        """Count one request in flight for the whole of its handling (the drain waits for it)."""
+        self.in_flight += 1
+        self.metrics.in_flight_delta(1)
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            self.metrics.in_flight_delta(-1)
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Stop taking work and wait up to ``timeout_s`` for the requests in flight; True when none is left."""
+        self.begin_drain()
+        deadline = time.monotonic() + timeout_s
+        while self.in_flight:
+            if time.monotonic() >= deadline:
+                log.error("drain timeout (%.0f s) passed with %d encodes still running", timeout_s, self.in_flight)
+                return False
+            await asyncio.sleep(0.02)
+        return True
 
     async def shutdown(self) -> None:
         self.begin_drain()

@@ -26,7 +26,8 @@ class EncoderSettings(BaseSettings):
     selection_clip_model: str | None = Field(None, description="transformers CLIPModel (hub id, folder, or tiny) scoring candidates; default: the codec's clip_model.")
     selection_clip_revision: str | None = Field(None, description="Hub revision (commit) of the selection CLIP model; None = the default branch.")
     warmup: bool = Field(True, description="After start-up, load the models the configured prompt source and sketch need (a warm-up encode of a small synthetic image) in the background; /health/ready and /encode answer 503 until done. Off: ready at once, models load on first use.")
-    drain_timeout_s: float = Field(30.0, gt=0, description="On SIGTERM, how long encodes already accepted may take to finish before the rest get a 503.")
+    drain_timeout_s: float = Field(30.0, gt=0, description="On SIGTERM, how long the encodes in flight may take to finish (new requests get 503 draining meanwhile, the listener stays open); then uvicorn stops.")
+    handle_sigterm: bool = Field(True, description="Drain on SIGTERM as above before uvicorn stops (off: uvicorn's own shutdown).")
     auth_token: SecretStr | None = Field(None, description="When set, /encode needs `Authorization: Bearer <token>`.")
     codec: CodecSettings = Field(default_factory=CodecSettings, description="Codec settings (TEXTSKETCH_* env).")
 

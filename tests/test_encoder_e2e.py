@@ -209,3 +209,40 @@ def test_a_scorer_that_cannot_load_falls_back_or_fails_clearly_before_the_decode
     assert refused.status_code == 503 and refused.json()["error"] == "model_unavailable"
     assert "SELECTION_CLIP_MODEL" in refused.json()["detail"]
     assert candidates_rendered(decoder) == before  # no rendering was wasted on a selection that could not run
+
+
+def test_sigterm_lets_encodes_in_flight_finish_and_answers_new_ones_503(tmp_path):
+    """PEZ with the tiny CLIP for 400 steps: each encode runs for a while, so SIGTERM lands mid-encode."""
+    import asyncio
+    import signal
+
+    env = {"TEXTSKETCH_PROMPT_SOURCE": "pez", "TEXTSKETCH_CLIP_MODEL": "tiny", "TEXTSKETCH_PEZ_STEPS": "400",
+           "TEXTSKETCH_ENCODER_DRAIN_TIMEOUT_S": "60"}
+    service = start_service("encoder_service", env, tmp_path)
+    try:
+        service.wait_ready(120)
+        body = png()
+
+        async def main():
+            async with httpx.AsyncClient(timeout=120) as client:
+                started = time.monotonic()
+                first = await client.post(f"{service.url}/encode", content=body, headers={"Content-Type": "image/png"})
+                one_encode_s = time.monotonic() - started
+                accepted = [asyncio.ensure_future(client.post(
+                    f"{service.url}/encode", content=body, headers={"Content-Type": "image/png"})) for _ in range(2)]
+                await asyncio.sleep(min(0.5, one_encode_s / 3))
+                service.terminate()
+                await asyncio.sleep(0.2)
+                during = await client.post(f"{service.url}/encode", content=body, headers={"Content-Type": "image/png"})
+                return first, await asyncio.gather(*accepted), during
+
+        first, accepted, during = asyncio.run(main())
+        exit_code = service.process.wait(60)
+    finally:
+        service.stop()
+    assert first.status_code == 200
+    assert [r.status_code for r in accepted] == [200, 200]
+    assert parse(accepted[0].content) == parse(first.content)  # the same image codes to the same payload
+    # the listener stayed open while draining: a typed 503, not "connection refused"
+    assert during.status_code == 503 and during.json()["error"] == "draining" and during.headers["retry-after"]
+    assert exit_code in (0, -signal.SIGTERM)
