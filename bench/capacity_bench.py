@@ -8,9 +8,13 @@ it was started then: ``python -m uvicorn --factory ... --timeout-graceful-shutdo
 - ``amplify``: the real tiny diffusion decoder; the issue's 20-byte payload declaring an
   8192x8192 output, and a PIC payload declaring 8192x512. Status, answer bytes, seconds, and the
   process's peak memory growth (VmHWM after resetting it through /proc/<pid>/clear_refs, Linux).
-- ``overload``: the real tiny decoder; ``--requests`` PIC decodes (96x64, 768x512 working) at
-  ``--concurrency``. Share of admitted requests (not 429) that finish 200, the 429s and their
-  distinct Retry-After values, answers that never came (lost).
+- ``overload``: the real tiny decoder with a ``--deadline`` second request deadline
+  (``TEXTSKETCH_DECODER_REQUEST_TIMEOUT_S``, both checkouts), warmed by one decode; then
+  ``--requests`` PIC decodes (96x64, 768x512 working) at ``--concurrency``. Share of admitted
+  requests (not 429) that finish 200, the 429s and their distinct Retry-After values, answers that
+  never came (lost), batches and their mean size and seconds. ``overload`` clients send their next
+  request at once after a 429; ``overload-polite`` clients first wait the Retry-After they got (as
+  ``services.serving.client`` does).
 - ``drain``: the fake model (1 s per batch, batch size 1) with ``--drain-requests`` queued, SIGTERM,
   and a request sent during the drain. The old checkout gets uvicorn's graceful timeout below its
   drain timeout (as scripts/serve.sh had it: 60 s against 120 s), scaled down to
@@ -42,7 +46,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import httpx
 
-from services.testing.load import post_all
+from services.testing.load import metric_sum, post_all
 from services.testing.payloads import pic_payload
 from services.testing.servers import free_port
 
@@ -126,24 +130,35 @@ def amplify(checkout: Path, work: Path) -> list[dict]:
     return rows
 
 
-def overload(checkout: Path, work: Path, requests: int, concurrency: int) -> dict:
-    decoder = Decoder(checkout, REAL, {"TEXTSKETCH_CACHE_DIR": str(work / "cache")}, work)
+def overload(checkout: Path, work: Path, requests: int, concurrency: int, deadline_s: float,
+             polite: bool = False) -> dict:
+    decoder = Decoder(checkout, REAL, {"TEXTSKETCH_CACHE_DIR": str(work / "cache"),
+                                       "TEXTSKETCH_DECODER_REQUEST_TIMEOUT_S": str(deadline_s)}, work)
     try:
         decoder.wait_ready()
+        warm = httpx.post(f"{decoder.url}/decode", content=pic_payload(), headers=MSGPACK, timeout=120)
+        assert warm.status_code == 200, warm.text
         bodies = [pic_payload(token_ids=(1000 + i % 40000,)) for i in range(requests)]
         start = time.perf_counter()
-        answers = asyncio.run(post_all(f"{decoder.url}/decode", bodies, concurrency=concurrency, timeout_s=600))
+        answers = asyncio.run(post_all(f"{decoder.url}/decode", bodies, concurrency=concurrency, timeout_s=600,
+                                       honour_retry_after=polite))
         seconds = time.perf_counter() - start
+        text = httpx.get(f"{decoder.url}/metrics", timeout=30).text
     finally:
         decoder.stop()
+    batches = metric_sum(text, "textsketch_batch_size_count")
+    model_s = metric_sum(text, "textsketch_inference_duration_seconds_sum")
     statuses = collections.Counter(a.status for a in answers)
     admitted = requests - statuses[429]
     retry_after = sorted({a.retry_after for a in answers if a.status == 429}, key=lambda v: float(v or 0))
-    return {"requests": requests, "concurrency": concurrency, "seconds": round(seconds, 1),
+    return {"clients": "honour Retry-After" if polite else "resend at once", "requests": requests,
+            "concurrency": concurrency, "deadline_s": deadline_s, "seconds": round(seconds, 1),
             "statuses": dict(sorted(statuses.items())), "admitted": admitted,
             "admitted_ok_share": round(statuses[200] / admitted, 3) if admitted else None,
             "retry_after_values": retry_after[:12], "distinct_retry_after": len(retry_after),
-            "lost": statuses[0]}
+            "lost": statuses[0], "batches": int(batches),
+            "mean_batch_size": round(metric_sum(text, "textsketch_batch_size_sum") / batches, 2) if batches else None,
+            "mean_batch_seconds": round(model_s / batches, 2) if batches else None}
 
 
 def drain(checkout: Path, work: Path, n_requests: int, grace_s: float) -> dict:
@@ -199,9 +214,10 @@ def drain(checkout: Path, work: Path, n_requests: int, grace_s: float) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--before", type=Path, help="Checkout of the old code to run the same probes against.")
-    parser.add_argument("--parts", default="amplify,overload,drain")
+    parser.add_argument("--parts", default="amplify,overload,overload-polite,drain")
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=200)
+    parser.add_argument("--deadline", type=float, default=10.0, help="Overload probe: request deadline, seconds.")
     parser.add_argument("--drain-requests", type=int, default=12)
     parser.add_argument("--grace", type=float, default=4.0, help="Drain / graceful seconds of the drain probe.")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "capacity_bench.json")
@@ -216,9 +232,10 @@ def main() -> int:
             entry["amplify"] = amplify(checkout, work)
             for row in entry["amplify"]:
                 print(f"[{label}] amplify {row}", flush=True)
-        if "overload" in parts:
-            entry["overload"] = overload(checkout, work, args.requests, args.concurrency)
-            print(f"[{label}] overload {entry['overload']}", flush=True)
+        for polite, part in ((False, "overload"), (True, "overload-polite")):
+            if part in parts:
+                entry[part] = overload(checkout, work, args.requests, args.concurrency, args.deadline, polite)
+                print(f"[{label}] {part} {entry[part]}", flush=True)
         if "drain" in parts:
             entry["drain"] = drain(checkout, work, args.drain_requests, args.grace)
             print(f"[{label}] drain {entry['drain']}", flush=True)

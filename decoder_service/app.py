@@ -148,7 +148,8 @@ def create_app(
 
     async def payload_from(request: Request):
         authorize(request)
-        runtime.check_accepting()  # 503 before reading anything while loading or draining
+        # 503 while loading or draining, 429 when full or overloaded: all before reading the body
+        runtime.check_accepting(client_timeout(request))
         _check_content_type(request)
         try:
             body = await read_body(request, settings.max_body_bytes)

@@ -168,9 +168,14 @@ class DecoderRuntime:
     def ready(self) -> bool:
         return self.state is State.READY
 
-    def check_accepting(self) -> None:
+    def deadline(self, timeout_s: float | None) -> float:
+        """A request's queue deadline: ``request_timeout_s``, shortened by the client's own."""
+        return self.settings.request_timeout_s if timeout_s is None else min(timeout_s, self.settings.request_timeout_s)
+
+    def check_accepting(self, timeout_s: float | None = None) -> None:
+        """503 while loading or draining; 429 when the queue could not take a request with this deadline."""
         if self.state is State.READY:
-            self.scheduler.check_capacity()
+            self.scheduler.check_capacity(self.deadline(timeout_s))
             return
         if self.state is State.LOADING:
             self.metrics.rejected("not_ready")
@@ -217,8 +222,8 @@ class DecoderRuntime:
 
         ``timeout_s`` (a client's own deadline) can only shorten ``request_timeout_s``.
         """
-        self.check_accepting()
-        deadline = self.settings.request_timeout_s if timeout_s is None else min(timeout_s, self.settings.request_timeout_s)
+        self.check_accepting(timeout_s)
+        deadline = self.deadline(timeout_s)
         try:
             ticket: Ticket = self.scheduler.submit(self.bucket_key(jobs[0]), jobs, timeout_s=deadline)
         finally:

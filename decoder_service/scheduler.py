@@ -95,22 +95,31 @@ class SchedulerConfig:
     max_request_cost: float = float("inf")  # one request's cost; above it: RequestTooCostlyError
     admission_headroom: float = 0.9  # admit only when the estimated wait < headroom x deadline
     max_retry_after_s: float = 60.0
-    ewma_alpha: float = 0.3  # weight of the newest batch in the seconds-per-cost-unit estimate
+    ewma_alpha: float = 0.3  # weight of a batch faster than the seconds-per-cost-unit estimate
+    ewma_alpha_up: float = 0.7  # weight of a batch slower than it (admission errs on the safe side)
     cold_start_jobs: int | None = None  # queued jobs allowed before any throughput was measured (None: no limit)
 
 
 class ThroughputEstimate:
-    """Seconds per cost unit of the worker: an EWMA per bucket, and one over all buckets as the fallback."""
+    """Seconds per cost unit of the worker: an EWMA per bucket, and one over all buckets as the fallback.
 
-    def __init__(self, alpha: float) -> None:
-        if not 0 < alpha <= 1:
+    Asymmetric, because admission must rather refuse than let work time out: a batch slower than
+    the estimate moves it up with weight ``alpha_up``, a faster one down with ``alpha``.
+    """
+
+    def __init__(self, alpha: float, alpha_up: float | None = None) -> None:
+        if not 0 < alpha <= 1 or not 0 < (alpha_up or alpha) <= 1:
             raise ValueError("ewma_alpha must be in (0, 1]")
         self._alpha = alpha
+        self._alpha_up = max(alpha, alpha_up or alpha)
         self._per_key: dict[Hashable, float] = {}
         self._overall: float | None = None
 
     def _mix(self, old: float | None, new: float) -> float:
-        return new if old is None else (1 - self._alpha) * old + self._alpha * new
+        if old is None:
+            return new
+        alpha = self._alpha_up if new > old else self._alpha
+        return (1 - alpha) * old + alpha * new
 
     def observe(self, key: Hashable, cost: float, seconds: float) -> None:
         if cost <= 0 or seconds < 0:
@@ -182,7 +191,7 @@ class BatchScheduler(Generic[J, R]):
         self._observer = observer or _NullObserver()
         self._clock = clock
         self._cost_of = cost_of
-        self.throughput = ThroughputEstimate(config.ewma_alpha)
+        self.throughput = ThroughputEstimate(config.ewma_alpha, config.ewma_alpha_up)
         self._buckets: dict[Hashable, collections.deque[Ticket]] = {}
         self._queued_jobs = 0
         self._queued_cost = 0.0
@@ -229,14 +238,23 @@ class BatchScheduler(Generic[J, R]):
         return self._queued_jobs == 0 and not self._running_batch
 
     def estimated_wait(self) -> float:
-        """Seconds until a request submitted now could start: the running batch's rest plus all queued work."""
-        wait = 0.0
+        """Seconds until a request submitted now could start: the running batch's rest plus all queued work.
+
+        A running batch that has already taken longer than estimated shows that the worker is slower
+        now (a busier machine, larger images): its pace so far then prices the queued work too.
+        """
+        wait, slowdown = 0.0, 1.0
         if self._running:
-            running_cost = sum(t.cost for t in self._running)
-            wait += max(0.0, self.throughput.seconds(self._running[0].key, running_cost)
-                        - (self._clock() - self._running_started))
+            key, running_cost = self._running[0].key, sum(t.cost for t in self._running)
+            expected = self.throughput.seconds(key, running_cost)
+            elapsed = self._clock() - self._running_started
+            if expected > 0 and elapsed > expected:
+                slowdown = elapsed / expected
+                wait += 0.25 * expected  # overrunning: assume a quarter of the estimate is still ahead
+            else:
+                wait += expected - elapsed
         for key, bucket in self._buckets.items():
-            wait += self.throughput.seconds(key, sum(t.cost for t in bucket))
+            wait += slowdown * self.throughput.seconds(key, sum(t.cost for t in bucket))
         return wait
 
     # -- liveness and stopping the running batch ------------------------------
@@ -323,8 +341,9 @@ class BatchScheduler(Generic[J, R]):
         seconds = self.config.retry_after_s if rate is None else rate * excess_cost
         return min(self.config.max_retry_after_s, max(1.0, seconds))
 
-    def check_capacity(self) -> None:
-        """Refuse before a request is even read: draining, or a queue already at capacity."""
+    def check_capacity(self, timeout_s: float | None = None) -> None:
+        """Refuse before a request is even read: draining, a queue already at capacity, or (with the
+        request's deadline, known from its headers) an estimated wait that deadline cannot meet."""
         if self._task is None or not self._accepting:
             self._observer.rejected("draining")
             raise DrainingError("the decoder is shutting down and accepts no new requests", retry_after_s=5)
@@ -335,6 +354,18 @@ class BatchScheduler(Generic[J, R]):
                 f"decode queue is full ({self._queued_jobs} jobs, {self._queued_cost:.1f} cost units queued); "
                 "retry after the Retry-After delay",
                 retry_after_s=self._retry_after(None, max(excess, self._queued_cost / max(1, self._queued_jobs))))
+        if timeout_s is not None:
+            self._check_wait(timeout_s)
+
+    def _check_wait(self, timeout_s: float) -> None:
+        wait = self.estimated_wait()
+        allowed = self.config.admission_headroom * timeout_s
+        if wait > allowed:
+            self._observer.rejected("overloaded")
+            raise QueueFullError(
+                f"the decoder is overloaded: the estimated wait before this request could start is {wait:.1f} s, "
+                f"beyond its {timeout_s:.0f} s deadline; retry after the Retry-After delay",
+                retry_after_s=min(self.config.max_retry_after_s, max(1.0, wait - allowed)))
 
     def submit(self, key: Hashable, jobs: Sequence[J], *, timeout_s: float | None = None) -> Ticket[J, R]:
         """Queue a group of jobs; raise at once when refused.
@@ -377,14 +408,7 @@ class BatchScheduler(Generic[J, R]):
                                  f"{self._queued_jobs} jobs; "
                                  "retry after the Retry-After delay", retry_after_s=config.retry_after_s)
         if timeout_s is not None:
-            wait = self.estimated_wait()
-            allowed = config.admission_headroom * timeout_s
-            if wait > allowed:
-                self._observer.rejected("overloaded")
-                raise QueueFullError(
-                    f"the decoder is overloaded: the estimated wait before this request could start is {wait:.1f} s, "
-                    f"beyond its {timeout_s:.0f} s deadline; retry after the Retry-After delay",
-                    retry_after_s=min(config.max_retry_after_s, max(1.0, wait - allowed)))
+            self._check_wait(timeout_s)
         loop = asyncio.get_running_loop()
         ticket: Ticket[J, R] = Ticket(
             key=key, jobs=tuple(jobs), future=loop.create_future(), enqueued_at=self._clock(),

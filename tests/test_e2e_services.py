@@ -212,6 +212,9 @@ def test_sigterm_drains_every_accepted_request(cache_dir, tmp_path_factory):
 
         async def main():
             async with httpx.AsyncClient(timeout=300) as client:
+                # one measured batch first: until then the decoder queues one batch's worth (cold start)
+                warm = await client.post(f"{service.url}/decode", content=pic_payload(), headers=MSGPACK)
+                assert warm.status_code == 200
                 accepted = [asyncio.ensure_future(client.post(
                     f"{service.url}/decode", content=pic_payload(token_ids=(700 + i,)), headers=MSGPACK))
                     for i in range(3)]

@@ -228,8 +228,11 @@ def test_reconstructor_splits_a_batch_on_oom(tiny_reconstructor, tiny_settings, 
     monkeypatch.setitem(tiny_reconstructor._pipelines, Mode.PIC, fake_pipeline)
     monkeypatch.setattr(fake_pipeline, "tokenizer", real.tokenizer, raising=False)
     monkeypatch.setattr(fake_pipeline, "text_encoder", real.text_encoder, raising=False)
+    splits = []
+    monkeypatch.setattr(tiny_reconstructor, "on_oom_split", lambda: splits.append(1))  # the decoder's metric
     images = tiny_reconstructor.decode_batch(jobs)
     assert sizes == [3, 1, 2, 1, 1]
+    assert len(splits) == 2  # 3 -> 1 + 2, then 2 -> 1 + 1
     for image, alone in zip(images, expected):
         assert np.array_equal(pixels(image), pixels(alone))
 

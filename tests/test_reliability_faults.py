@@ -120,6 +120,8 @@ def test_a_failing_pipeline_call_fails_only_its_own_batch(tmp_path):
 
     async def main():
         async with serving(app) as client:
+            # one measured batch first: until then the decoder queues one batch's worth (cold start)
+            assert (await client.post("/decode", content=pic_payload(), headers=MSGPACK)).status_code == 200
             responses = []
             for start in range(0, 24, 6):  # waves, so batches form with and without the poison
                 responses += await asyncio.gather(*(client.post("/decode", content=pic_payload(token_ids=t),
@@ -128,6 +130,7 @@ def test_a_failing_pipeline_call_fails_only_its_own_batch(tmp_path):
 
     responses, ready = asyncio.run(asyncio.wait_for(main(), 60))
     fake = made[0]
+    fake.batches.pop(0)  # the warm-up decode
     poisoned = {job.token_ids for batch in fake.batches if any(POISON_TOKEN in j.token_ids for j in batch)
                 for job in batch}
     for token_ids, response in zip(tokens, responses):
@@ -151,5 +154,5 @@ def test_small_overload_run_answers_every_request_with_200_or_429(tmp_path):
     statuses = collections.Counter(a.status for a in answers)
     assert sum(statuses.values()) == 300 and set(statuses) <= {200, 429, 503}, statuses
     assert statuses[200] > 0 and statuses[429] > 0
-    assert all(a.retry_after == "1" for a in answers if a.status == 429)
+    assert all(int(a.retry_after) >= 1 for a in answers if a.status == 429)  # computed from the throughput
     assert ready == 200

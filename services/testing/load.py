@@ -47,8 +47,11 @@ class Answer:
 
 
 async def post_all(url: str, bodies: Sequence[bytes], *, concurrency: int, timeout_s: float = 30.0,
-                   headers: dict[str, str] | None = None) -> list[Answer]:
-    """POST every body to ``url`` with at most ``concurrency`` in flight; never raises, one Answer each."""
+                   headers: dict[str, str] | None = None, honour_retry_after: bool = False) -> list[Answer]:
+    """POST every body to ``url`` with at most ``concurrency`` in flight; never raises, one Answer each.
+
+    ``honour_retry_after``: a client slot that got a ``Retry-After`` waits that long before it sends
+    its next body (polite clients; each body is still sent once)."""
     semaphore = asyncio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     sent_headers = {"Content-Type": "application/msgpack", **(headers or {})}
@@ -68,7 +71,10 @@ async def post_all(url: str, bodies: Sequence[bytes], *, concurrency: int, timeo
                     error, detail = message.get("error"), message.get("detail")
                 except ValueError:
                     error, detail = "not_json", response.text[:200]
-            return Answer(index, response.status_code, elapsed, error, detail, response.headers.get("retry-after"))
+            retry_after = response.headers.get("retry-after")
+            if honour_retry_after and retry_after:
+                await asyncio.sleep(float(retry_after))
+            return Answer(index, response.status_code, elapsed, error, detail, retry_after)
 
     async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
         return list(await asyncio.gather(*(one(client, i, b) for i, b in enumerate(bodies))))
