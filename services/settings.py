@@ -29,6 +29,14 @@ class CodecSettings(BaseSettings):
     profile: str = Field("sd21-hed", description="Model profile name or id (see `textsketch profiles`).")
     base_model: str | None = Field(None, description="Override the profile's base model (hub id or local folder).")
     controlnet_model: str | None = Field(None, description="Override the profile's ControlNet (hub id or local folder).")
+    base_model_revision: str | None = Field(
+        None, description="Hub revision (a commit hash, for reproducible deployments) of the base model; unset = the "
+        "default branch. Ignored for local folders.")
+    controlnet_revision: str | None = Field(
+        None, description="Hub revision (commit hash) of the ControlNet; unset = the default branch.")
+    use_safetensors: bool = Field(
+        True, description="Load diffusion weights only from .safetensors files (no pickle). Turn off only for a "
+        "repository that ships .bin files alone.")
     cache_dir: Path = Field(default_factory=default_cache_dir, description="Where tiny models, tokenizer files and other generated assets are kept.")
     device: str = Field("auto", description="Torch device for models: auto (cuda when available), cpu or cuda[:N].")
 

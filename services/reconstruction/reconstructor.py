@@ -84,7 +84,8 @@ class Reconstructor:
 
                 paths = ensure_tiny_models(self.settings, load_tokenizer(self.settings))
                 base_model, controlnet = str(paths.base_model), str(paths.controlnet) if controlnet else None
-            self._pipelines = load_pipelines(self.profile, base_model, controlnet, self.device, self.deterministic)
+            self._pipelines = load_pipelines(self.profile, base_model, controlnet, self.device, self.deterministic,
+                                             self.settings)
             self._negative_embeds = self._encode_negative_prompt()
 
     def load_components(self, components: dict) -> None:
