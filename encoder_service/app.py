@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
+from collections.abc import Callable
 
 import httpx
 from fastapi import FastAPI, Query, Request
@@ -172,8 +174,8 @@ def create_app(settings: EncoderSettings | None = None, http_transport: httpx.As
             with metrics.stage("decode_image"):
                 loaded = await run_in_threadpool(load_image_for_coding, upload, max_bytes=max_bytes,
                                                  max_pixels=max_pixels, working_size=working_size)
-            with metrics.stage("encode"):
-                result = await run_in_threadpool(_encode, loaded.image, settings, options, loaded.size)
+            with metrics.stage("encode"), _watch_disconnect(request, metrics) as gone:
+                result = await run_in_threadpool(_encode, loaded.image, settings, options, loaded.size, gone.is_set)
         payload: Payload = result.payload
         selection_note = "off"
         if candidates:
@@ -209,13 +211,35 @@ def create_app(settings: EncoderSettings | None = None, http_transport: httpx.As
     return app
 
 
-def _encode(image, settings: EncoderSettings, options: dict, original_size: tuple[int, int]):
+@contextlib.contextmanager
+def _watch_disconnect(request: Request, metrics: ServiceMetrics, poll_s: float = 0.25):
+    """A ``threading.Event`` set when the client goes away, for stages that can stop (PEZ)."""
+    gone = threading.Event()
+
+    async def watch() -> None:
+        while not gone.is_set():
+            if await request.is_disconnected():
+                gone.set()
+                metrics.rejected("cancelled")
+                return
+            await asyncio.sleep(poll_s)
+
+    task = asyncio.get_running_loop().create_task(watch())
+    try:
+        yield gone
+    finally:
+        task.cancel()
+
+
+def _encode(image, settings: EncoderSettings, options: dict, original_size: tuple[int, int],
+            should_stop: Callable[[], bool] | None = None):
     from services.codec import EncodeOptions, encode_image, parse_mode
 
     try:
         return encode_image(image, settings.codec, EncodeOptions(
             mode=parse_mode(options["mode"]), prompt_source=options["prompt_source"], text=options["text"],
-            quality=options["quality"], target_bytes=options["target_bytes"]), original_size)
+            quality=options["quality"], target_bytes=options["target_bytes"], should_stop=should_stop),
+            original_size)
     except ValueError as exc:
         if isinstance(exc, CodecError):
             raise

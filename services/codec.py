@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -75,6 +75,8 @@ class EncodeOptions:
     text: str | None = None
     quality: int | None = None
     target_bytes: int | None = None
+    # Asked during long stages (PEZ): True stops the encode with EncodeCancelledError (the client left).
+    should_stop: Callable[[], bool] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,7 @@ def encode_image(image: Image.Image, settings: CodecSettings, options: EncodeOpt
     out_w, out_h = fit_within(width, height, settings.max_output_pixels)
 
     source = options.prompt_source or settings.prompt_source
-    prompt_ids = tuple(make_prompt_ids(working, source, settings, text=options.text))
+    prompt_ids = tuple(make_prompt_ids(working, source, settings, text=options.text, should_stop=options.should_stop))
     prompt_body = encode_token_ids(prompt_ids)
 
     sketch_body: bytes | None = None

@@ -44,3 +44,7 @@ class DecodeOutOfMemoryError(CodecError):
 
 class DecodeInterruptedError(CodecError):
     """A running batch was stopped between diffusion steps (its clients left, or the drain ran out of time)."""
+
+
+class EncodeCancelledError(CodecError):
+    """The encode was stopped because its client went away (PEZ checks at every step)."""

@@ -65,6 +65,9 @@ class CodecSettings(BaseSettings):
     pez_lr: float = Field(0.1, gt=0, description="PEZ AdamW learning rate.")
     pez_weight_decay: float = Field(0.1, ge=0, description="PEZ AdamW weight decay.")
     pez_seed: int = Field(0, description="Seed of the PEZ initialisation.")
+    pez_timeout_s: float | None = Field(
+        600.0, gt=0, description="PEZ time budget per image: when it runs out, PEZ stops and keeps the best prompt "
+        "found so far (logged). Unset: no budget.")
     pez_vocab: Path | None = Field(None, description="Optional file of allowed token ids (one per line) for PEZ.")
 
     # Sketch stage.

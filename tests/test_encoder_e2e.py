@@ -246,3 +246,33 @@ def test_sigterm_lets_encodes_in_flight_finish_and_answers_new_ones_503(tmp_path
     # the listener stayed open while draining: a typed 503, not "connection refused"
     assert during.status_code == 503 and during.json()["error"] == "draining" and during.headers["retry-after"]
     assert exit_code in (0, -signal.SIGTERM)
+
+
+def test_a_pez_encode_stops_when_its_client_leaves(tmp_path):
+    """50,000 PEZ steps would run for minutes; the client leaves after 1.5 s and the encode stops."""
+    import asyncio
+
+    env = {"TEXTSKETCH_PROMPT_SOURCE": "pez", "TEXTSKETCH_CLIP_MODEL": "tiny", "TEXTSKETCH_PEZ_STEPS": "50000",
+           "TEXTSKETCH_ENCODER_MAX_CONCURRENT_ENCODES": "1"}
+    service = start_service("encoder_service", env, tmp_path)
+    try:
+        service.wait_ready(120)
+
+        async def main():
+            async with httpx.AsyncClient(timeout=60) as client:
+                with pytest.raises(httpx.ReadTimeout):
+                    await client.post(f"{service.url}/encode", content=png(), timeout=1.5,
+                                      headers={"Content-Type": "image/png"})
+                started = time.monotonic()
+                # the one encode slot frees once PEZ noticed: a given-text encode then runs at once
+                after = await client.post(f"{service.url}/encode", params=GIVEN, content=png(),
+                                          headers={"Content-Type": "image/png"})
+                return after, time.monotonic() - started
+
+        after, seconds = asyncio.run(main())
+        metrics = httpx.get(f"{service.url}/metrics", timeout=10).text
+    finally:
+        service.stop()
+    assert after.status_code == 200
+    assert seconds < 10  # not the minutes the abandoned PEZ run would have taken
+    assert 'textsketch_rejections_total{reason="cancelled",service="encoder"} 1.0' in metrics

@@ -114,3 +114,28 @@ def test_missing_models_raise_model_unavailable(settings, image, tmp_path):
         make_prompt_ids(image, "caption", settings.model_copy(update={"caption_model": missing}))
     with pytest.raises(ModelUnavailableError, match="TEXTSKETCH_CLIP_MODEL"):
         make_prompt_ids(image, "pez", settings.model_copy(update={"clip_model": missing}))
+
+
+def test_pez_stops_when_asked_and_keeps_the_best_prompt_when_its_time_runs_out(settings, image):
+    from services.devices import resolve_device
+    from services.errors import EncodeCancelledError
+    from services.prompt.sources import _pez_inverter
+
+    inverter = _pez_inverter(settings.clip_model, resolve_device(settings.device))
+    asked = []
+
+    def leave_after_three() -> bool:
+        asked.append(1)
+        return len(asked) > 3
+
+    with pytest.raises(EncodeCancelledError, match="client went away"):
+        inverter.invert(image, PezConfig(steps=500, seed=0), leave_after_three)
+    assert len(asked) == 4  # asked once per step, stopped at the first True
+
+    budget = inverter.invert(image, PezConfig(steps=100_000, seed=0, timeout_s=0.3))
+    assert 1 <= budget.steps_run < 100_000 and len(budget.ids) == 16
+    full = inverter.invert(image, PezConfig(steps=5, seed=0))
+    assert full.steps_run == 5
+    # the codec path: EncodeOptions.should_stop reaches PEZ
+    with pytest.raises(EncodeCancelledError):
+        make_prompt_ids(image, "pez", settings.model_copy(update={"pez_steps": 500}), should_stop=lambda: True)

@@ -14,6 +14,9 @@ folder, ``settings.clip_model``) with its image processor saved beside it.
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +24,10 @@ import torch
 from PIL import Image
 
 from services.bitstream.vocabulary import BOS_ID, EOS_ID, VOCAB_SIZE
-from services.errors import ModelUnavailableError
+from services.errors import EncodeCancelledError, ModelUnavailableError
 from services.settings import CodecSettings
+
+log = logging.getLogger("textsketch.pez")
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,7 @@ class PezConfig:
     weight_decay: float = 0.1
     seed: int = 0
     vocab: tuple[int, ...] | None = None  # allowed ids; None = every id but BOS/EOS
+    timeout_s: float | None = None  # time budget: then stop and keep the best prompt so far
 
     @classmethod
     def from_settings(cls, settings: CodecSettings) -> PezConfig:
@@ -45,6 +51,7 @@ class PezConfig:
             weight_decay=settings.pez_weight_decay,
             seed=settings.pez_seed,
             vocab=read_vocab_file(settings.pez_vocab) if settings.pez_vocab else None,
+            timeout_s=settings.pez_timeout_s,
         )
 
 
@@ -53,6 +60,7 @@ class PezResult:
     ids: tuple[int, ...]
     cosine: float  # cosine of the kept prompt's text feature to the image feature
     step: int  # the step at which it was found
+    steps_run: int = 0  # optimisation steps done (fewer than asked when the time budget ran out)
 
 
 def read_vocab_file(path: Path) -> tuple[int, ...]:
@@ -109,7 +117,11 @@ class PezInverter:
         pooled = text.final_layer_norm(hidden)[:, -1]
         return torch.nn.functional.normalize(self.model.text_projection(pooled).float(), dim=-1)
 
-    def invert(self, image: Image.Image, config: PezConfig) -> PezResult:
+    def invert(self, image: Image.Image, config: PezConfig,
+               should_stop: Callable[[], bool] | None = None) -> PezResult:
+        """Run PEZ on ``image``. ``should_stop`` is asked at every step: True raises ``EncodeCancelledError``
+        (the client left); past ``config.timeout_s`` the best prompt so far is returned."""
+        started = time.monotonic()
         target = self.image_features(image)
         allowed = torch.tensor(config.vocab or [i for i in range(VOCAB_SIZE) if i not in (BOS_ID, EOS_ID)])
         allowed = allowed.to(self.device)
@@ -126,6 +138,9 @@ class PezInverter:
         optimizer = torch.optim.AdamW([soft], lr=config.lr, weight_decay=config.weight_decay)
         best = PezResult(ids=(), cosine=float("-inf"), step=-1)
         for step in range(config.steps + 1):
+            if should_stop is not None and should_stop():
+                raise EncodeCancelledError(f"PEZ stopped at step {step}: the client went away")
+            out_of_time = config.timeout_s is not None and time.monotonic() - started > config.timeout_s and step > 0
             with torch.no_grad():
                 nearest = project(soft)
             hard = table[nearest].to(soft.dtype)
@@ -134,9 +149,13 @@ class PezInverter:
             if cosine.item() > best.cosine:
                 ids = tuple(int(i) for i in allowed[nearest[0]].tolist())
                 best = PezResult(ids=ids, cosine=float(cosine.item()), step=step)
+            if out_of_time:
+                log.warning("PEZ time budget (%.0f s) ran out after %d of %d steps; keeping the best prompt so far "
+                            "(cosine %.3f)", config.timeout_s, step, config.steps, best.cosine)
+                break
             if step == config.steps:
                 break
             optimizer.zero_grad(set_to_none=True)
             (1.0 - cosine).backward()
             optimizer.step()
-        return best
+        return PezResult(ids=best.ids, cosine=best.cosine, step=best.step, steps_run=step)

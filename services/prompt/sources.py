@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import functools
+from collections.abc import Callable
 
 from PIL import Image
 
@@ -50,13 +51,13 @@ def _pez_inverter(model_id: str, device: str, revision: str | None = None):
     return PezInverter(model_id, torch.device(device), revision)
 
 
-def pez_ids(image: Image.Image, settings: CodecSettings) -> list[int]:
-    """PEZ token ids for ``image`` (``settings.pez_tokens`` of them)."""
+def pez_ids(image: Image.Image, settings: CodecSettings, should_stop: Callable[[], bool] | None = None) -> list[int]:
+    """PEZ token ids for ``image`` (``settings.pez_tokens`` of them); ``should_stop`` as in ``PezInverter.invert``."""
     from services.prompt.pez import PezConfig
 
     model_id = resolve_model_id(settings.clip_model, "clip", settings.cache_dir)
     inverter = _pez_inverter(model_id, resolve_device(settings.device), settings.clip_revision)
-    return list(inverter.invert(image, PezConfig.from_settings(settings)).ids)[:MAX_PROMPT_TOKENS]
+    return list(inverter.invert(image, PezConfig.from_settings(settings), should_stop).ids)[:MAX_PROMPT_TOKENS]
 
 
 def make_prompt_ids(
@@ -64,10 +65,12 @@ def make_prompt_ids(
     source: PromptSource | str,
     settings: CodecSettings,
     text: str | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[int]:
     """CLIP token ids (no BOS/EOS, at most ``MAX_PROMPT_TOKENS``) describing ``image``.
 
-    ``text`` is required for ``given`` and ignored otherwise.
+    ``text`` is required for ``given`` and ignored otherwise. ``should_stop`` lets a long source
+    (PEZ) stop when its caller no longer wants the answer (``EncodeCancelledError``).
     """
     source = parse_source(source)
     if source is PromptSource.GIVEN:
@@ -78,4 +81,4 @@ def make_prompt_ids(
         raise ValueError(f"prompt source {source.value!r} needs an image")
     if source is PromptSource.CAPTION:
         return text_to_ids(caption_text(image, settings), load_tokenizer(settings))
-    return pez_ids(image, settings)
+    return pez_ids(image, settings, should_stop)

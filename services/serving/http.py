@@ -27,6 +27,7 @@ NotReadyError               503     not_ready               + ``Retry-After`` (l
 DrainingError               503     draining                + ``Retry-After`` (shutting down)
 DeadlineExceededError       504     deadline_exceeded       deadline passed while queued
 RequestCancelledError       499     client_closed_request   client went away (never seen by it)
+EncodeCancelledError        499     client_closed_request   encoder: PEZ stopped, the client went away
 UpstreamError               502/503 upstream_unavailable    decoder service unreachable / failed
 ModelUnavailableError       503     model_unavailable       weights cannot be loaded
 DecodeOutOfMemoryError      503     out_of_memory           + ``Retry-After``; one job alone did not fit
@@ -49,6 +50,7 @@ from services.errors import (
     BitstreamError,
     CodecError,
     DecodeOutOfMemoryError,
+    EncodeCancelledError,
     ImageInputError,
     ImageTooLargeError,
     ModelUnavailableError,
@@ -89,6 +91,7 @@ _TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (DrainingError, 503, "draining"),
     (DeadlineExceededError, 504, "deadline_exceeded"),
     (RequestCancelledError, 499, "client_closed_request"),
+    (EncodeCancelledError, 499, "client_closed_request"),
     (UpstreamError, 502, "upstream_unavailable"),
     (ModelUnavailableError, 503, "model_unavailable"),
     (DecodeOutOfMemoryError, 503, "out_of_memory"),
