@@ -20,7 +20,7 @@ def compose() -> dict:
     return yaml.safe_load(COMPOSE.read_text())
 
 
-@pytest.mark.parametrize("profile", ["gpu", "cpu"])
+@pytest.mark.parametrize("profile", ["gpu", "cpu", "gpu-encoder"])
 def test_compose_validates_with_docker_compose(profile):
     tool = shutil.which("docker-compose")
     if tool is None:
@@ -41,6 +41,18 @@ def test_dockerfiles_pass_hadolint():
 def test_gpu_decoder_reserves_one_nvidia_gpu(compose):
     devices = compose["services"]["decoder"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+
+
+def test_the_published_encoder_runs_on_the_gpu_image(compose):
+    """PEZ and candidate selection on the GPU: the GPU image, a GPU reservation, cuda, PEZ by default."""
+    service = compose["services"]["encoder-gpu"]
+    assert service["profiles"] == ["gpu-encoder"] and service["build"]["dockerfile"] == "Dockerfile.gpu"
+    assert service["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    environment = service["environment"]
+    assert environment["TEXTSKETCH_DEVICE"].endswith(":-cuda}")
+    assert environment["TEXTSKETCH_PROMPT_SOURCE"].endswith(":-pez}")
+    assert environment["TEXTSKETCH_ENCODER_DECODER_URL"] == "http://decoder:8002"
+    assert "8001" in (REPO / "Dockerfile.gpu").read_text().split("EXPOSE", 1)[1].splitlines()[0]
 
 
 def test_services_share_the_model_cache_and_have_health_and_grace(compose):
@@ -110,7 +122,8 @@ def test_byte_deciding_libraries_are_pinned_exactly_and_installed_with_constrain
 
 STARTERS = ["Dockerfile", "Dockerfile.gpu", "docker-compose.yml", *sorted(
     str(p.relative_to(REPO)) for p in [*(REPO / "scripts").glob("*.sh"), *(REPO / "deploy").rglob("*")] if p.is_file())]
-COMPOSE_SERVICES = {"encoder": "encoder_service", "decoder": "decoder_service", "decoder-cpu": "decoder_service"}
+COMPOSE_SERVICES = {"encoder": "encoder_service", "decoder": "decoder_service", "decoder-cpu": "decoder_service",
+                    "encoder-gpu": "encoder_service"}
 
 
 def _dockerfile_cmd(name: str) -> list[str]:
