@@ -1,6 +1,6 @@
 """Python clients of the encoder and decoder services (httpx, sync and async).
 
-    with TextSketchClient(encoder_url="http://localhost:8000", decoder_url="http://localhost:8001") as client:
+    with TextSketchClient(encoder_url="http://localhost:8001", decoder_url="http://localhost:8002") as client:
         payload = client.encode("photo.png", mode="pics", prompt_source="caption")
         png = client.decode(payload)                  # PNG bytes
         webp = client.decode(payload, fmt="webp")
