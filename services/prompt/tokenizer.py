@@ -1,10 +1,12 @@
-"""CLIP BPE tokenizer, built offline from the vocabulary file in ``open_clip_torch``.
+"""CLIP BPE tokenizer, built offline from the vocabulary file shipped in this package.
 
 The prompt stage speaks in CLIP token ids: the text coder codes them and the
 reconstruction stage conditions on them. The vocabulary is the real 49,408-token
-CLIP BPE vocabulary. Its only source here is ``bpe_simple_vocab_16e6.txt.gz``
-inside the ``open_clip_torch`` wheel (MIT); that package is never imported (it
-needs torchvision), its data file is read from site-packages.
+CLIP BPE vocabulary, built from ``data/bpe_simple_vocab_16e6.txt.gz`` beside this
+module: OpenAI CLIP's merge file, copied byte for byte from the ``open_clip_torch``
+3.3.0 wheel (MIT; source, checksum and both licence notices in
+``data/LICENSE.bpe_simple_vocab_16e6.txt``). It is package data, so ``pip install .``
+ships it; nothing else needs to be installed.
 
 The vocabulary is laid out the way CLIP builds it: the 256 byte-level base
 characters, the same 256 with ``</w>`` (end of word), one token per merge rule
@@ -18,10 +20,10 @@ from __future__ import annotations
 
 import functools
 import gzip
-import importlib.util
 import json
 import os
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 
 from services.bitstream.vocabulary import BOS_ID, EOS_ID, MAX_PROMPT_TOKENS, VOCAB_SIZE
@@ -51,18 +53,13 @@ def bytes_to_unicode() -> dict[int, str]:
 
 
 def bpe_vocab_path() -> Path:
-    """Locate ``bpe_simple_vocab_16e6.txt.gz`` in the installed ``open_clip_torch`` wheel."""
-    spec = importlib.util.find_spec("open_clip")
-    if spec is None or not spec.submodule_search_locations:
+    """``bpe_simple_vocab_16e6.txt.gz``, shipped with this package (``services/prompt/data``)."""
+    path = Path(str(resources.files("services.prompt").joinpath("data", BPE_FILE)))
+    if not path.is_file():
         raise ModelUnavailableError(
-            "the CLIP BPE vocabulary needs the open_clip_torch wheel's data file; "
-            "install it with `pip install --no-deps open_clip_torch`"
+            f"{BPE_FILE} is missing from the installed package ({path}); reinstall textsketch (pip install .)"
         )
-    for location in spec.submodule_search_locations:
-        path = Path(location) / BPE_FILE
-        if path.is_file():
-            return path
-    raise ModelUnavailableError(f"{BPE_FILE} not found in the open_clip package; reinstall open_clip_torch")
+    return path
 
 
 def build_vocab(bpe_path: Path) -> tuple[dict[str, int], list[str]]:
