@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The main job, end to end on this machine: start both services (tiny profile, CPU),
-# wait until ready, encode a Kodak image with curl, inspect the payload, decode it with
+# wait until ready, encode a Kodak image (examples/kodim23.png, in the repository) with curl, inspect the payload, decode it with
 # curl, and stop the services. Output lands in out/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 export HF_HUB_OFFLINE=1
-IMAGE=${IMAGE:-../shared/data/kodak/kodim23.png}
+IMAGE=${IMAGE:-examples/kodim23.png}
 mkdir -p out
 
 bash scripts/serve.sh > out/services.log 2>&1 &

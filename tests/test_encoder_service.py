@@ -18,17 +18,14 @@ from services.serving.metrics import ServiceMetrics
 from services.settings import CodecSettings
 from services.testing.servers import serving
 from services.tiny.encoders import build_tiny_clip
-from tests.paths import KODAK
+from tests.paths import EXAMPLES
 
 GIVEN = {"prompt_source": "given", "text": "a red house by the sea"}
 
 
 @pytest.fixture(scope="module")
 def photo_png() -> bytes:
-    path = KODAK / "kodim23.png"
-    if not path.is_file():
-        pytest.skip(f"Kodak images not found in {KODAK}")
-    image = Image.open(path).convert("RGB").resize((192, 128), Image.Resampling.BOX)
+    image = Image.open(EXAMPLES / "kodim23.png").convert("RGB").resize((192, 128), Image.Resampling.BOX)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()

@@ -13,6 +13,7 @@ from services.prompt.sources import PromptSource, caption_text, make_prompt_ids,
 from services.prompt.tokenizer import load_tokenizer, text_to_ids
 from services.settings import CodecSettings
 from services.tiny.encoders import build_tiny_blip, build_tiny_clip
+from tests.paths import EXAMPLES
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +36,8 @@ def settings(models) -> CodecSettings:
 
 
 @pytest.fixture(scope="module")
-def image(kodak_dir) -> Image.Image:
-    with Image.open(kodak_dir / "kodim23.png") as photo:
+def image() -> Image.Image:
+    with Image.open(EXAMPLES / "kodim23.png") as photo:
         return photo.convert("RGB").resize((96, 64))
 
 

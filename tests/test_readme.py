@@ -46,7 +46,7 @@ def readme_curl_commands() -> list[str]:
 
 def test_demo_script_runs_the_readme_curl_commands_verbatim():
     demo = (REPO / "scripts" / "demo.sh").read_text().replace("\\\n", " ")
-    demo = demo.replace('@"$IMAGE"', "@../shared/data/kodak/kodim23.png")
+    demo = demo.replace('@"$IMAGE"', "@examples/kodim23.png")
     for command in readme_curl_commands():
         core = re.sub(r"\s+", " ", command.split(" -o ")[0])
         assert core in re.sub(r"\s+", " ", demo), f"scripts/demo.sh does not run: {core}"
@@ -72,7 +72,7 @@ def wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 240) -> N
 
 
 @pytest.mark.e2e
-def test_readme_curl_round_trip_against_make_serve(tmp_path, kodak_dir):
+def test_readme_curl_round_trip_against_make_serve(tmp_path):
     encoder_port, decoder_port = free_port(), free_port()
     env = {**os.environ, "VENV": str(Path(sys.executable).parent.parent),
            "ENCODER_PORT": str(encoder_port), "DECODER_PORT": str(decoder_port), "HF_HUB_OFFLINE": "1"}
@@ -82,19 +82,18 @@ def test_readme_curl_round_trip_against_make_serve(tmp_path, kodak_dir):
     try:
         wait_ready(f"http://127.0.0.1:{decoder_port}/health/ready", serve)
         wait_ready(f"http://127.0.0.1:{encoder_port}/health/ready", serve)
-        workdir = tmp_path / "repo"
+        workdir = tmp_path / "repo"  # the commands' relative paths, without writing into the checkout
         (workdir / "out").mkdir(parents=True)
-        (tmp_path / "shared" / "data").mkdir(parents=True)
-        (tmp_path / "shared" / "data" / "kodak").symlink_to(kodak_dir)
+        (workdir / "examples").symlink_to(REPO / "examples")
         for command in readme_curl_commands():
             command = command.replace("127.0.0.1:8001", f"127.0.0.1:{encoder_port}")
             command = command.replace("127.0.0.1:8002", f"127.0.0.1:{decoder_port}")
             result = subprocess.run(["bash", "-c", command], cwd=workdir, capture_output=True, text=True, timeout=300)
             assert result.returncode == 0, result.stderr
         payload = parse((workdir / "out" / "kodim23.tsk").read_bytes())
-        assert (payload.width, payload.height, payload.mode.name) == (768, 512, "PICS")
+        assert (payload.width, payload.height, payload.mode.name) == (384, 256, "PICS")
         with Image.open(workdir / "out" / "kodim23.decoded.png") as image:
-            assert image.size == (768, 512) and image.format == "PNG"
+            assert image.size == (384, 256) and image.format == "PNG"
     finally:
         os.killpg(serve.pid, signal.SIGTERM)
         try:
