@@ -54,6 +54,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         ids = decode_token_ids(payload.prompt)
         info["token_ids"] = ids
         info["prompt_text"] = ids_to_text(ids)
+    if args.sketch:
+        from services.inspection import sketch_png
+
+        _write_file(args.sketch, sketch_png(data))  # PIC payloads: NoSketchError (a ValueError), exit 1
+        info["sketch_file"] = args.sketch
     if args.json:
         print(json.dumps(info))
     else:
@@ -178,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("file")
     info.add_argument("--json", action="store_true")
     info.add_argument("--tokens", action="store_true", help="also decode the prompt's token ids and text")
+    info.add_argument("--sketch", metavar="PNG", help="write the decoded sketch (working size, white lines on black)")
     info.set_defaults(func=cmd_info)
 
     prof = sub.add_parser("profiles", help="list the model profiles")
