@@ -7,7 +7,9 @@ within its byte limit (``encoder_service.uploads``) and its declared size checke
 against the limits before any pixel is decoded. Models load in the background
 after start-up (``encoder_service.runtime``); until then: 503. Candidate
 selection asks the decoder service for candidates 1..N and keeps the closest by
-CLIP similarity.
+CLIP similarity. The web page at ``/`` with ``POST /inspect`` and ``POST /sketch``
+(``encoder_service/page.py``), and ``POST /decode`` and ``POST /candidates`` forwarded to the
+decoder (``encoder_service/forward.py``), are installed at the end of ``create_app``.
 
 Run: ``TEXTSKETCH_PROFILE=tiny python -m encoder_service --port 8001`` (the launcher,
 ``services/serving/server.py``). On SIGTERM the encoder answers new requests 503 ``draining`` and
@@ -28,6 +30,8 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from encoder_service.forward import install_forwarding
+from encoder_service.page import install_page
 from encoder_service.runtime import EncoderRuntime, warm_up
 from encoder_service.selection import CandidateScorer, load_scorer, unpack_candidates
 from encoder_service.settings import EncoderSettings
@@ -207,6 +211,8 @@ def create_app(settings: EncoderSettings | None = None, http_transport: httpx.As
                             status_code=200 if ok else 503, headers={} if ok else {"Retry-After": "5"})
 
     add_metrics_route(app, metrics)
+    install_page(app, settings, metrics, runtime, limiter)  # GET /, POST /inspect, POST /sketch
+    install_forwarding(app, settings, metrics, runtime)  # POST /decode, POST /candidates -> the decoder
 
     return app
 
