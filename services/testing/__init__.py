@@ -4,6 +4,7 @@
 - ``payloads``: valid payloads built in code; ``hostile``: hostile payloads and images;
 - ``servers``: the apps in-process or as real uvicorn processes;
 - ``load``: load generation, percentiles, reading /metrics.
+- ``sd21``: the full-size sd21-hed architectures with random weights, saved as diffusers folders.
 
 The random tiny models (the ``tiny`` profiles and model ids) are ``services.tiny``.
 """
