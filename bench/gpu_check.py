@@ -59,7 +59,7 @@ from services.testing.sd21 import SD21_HED, SMOKE, save_random_sd21_hed
 OUT = Path(__file__).resolve().parent / "out"
 # Dense fp16 tensor TFLOPS (no sparsity), first match on torch.cuda.get_device_name().
 PEAK_FP16_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4),
-                    ("A100", 312.0), ("L40S", 362.0), ("L4", 121.0))
+                    ("A100", 312.0), ("L40S", 362.0))
 # TFLOP per image with CFG + ControlNet + VAE at 25 steps, by working size (issue 15).
 TFLOP_PER_IMAGE = {((768, 512), 25): 92.0, ((512, 768), 25): 92.0, ((512, 512), 25): 57.0}
 PROMPT_IDS = (320, 1929, 530, 518, 2390, 593, 320, 3086, 267, 1580, 1360, 539, 2390, 1884, 530, 3102)
@@ -111,7 +111,7 @@ def main() -> None:
             need = needs.get(name, "reconstructor")
             if (need and need not in state) or not budget.allows(estimate):
                 why = f"no {need} (an earlier section failed)" if need and need not in state else \
-                    f"~{estimate:.0f} s would pass --max-seconds"
+                    f"~{estimate:.1f} s would pass --max-seconds"
                 report["sections"][name] = {"status": "skipped", "reason": why}
                 report["skipped_sections"].append(name)
                 print(f"[{budget.elapsed():6.1f} s] {name}: SKIPPED ({why})")
@@ -286,11 +286,11 @@ def deterministic(args, device: str, state: dict) -> dict:
     pipeline = state["reconstructor"]._pipelines[Mode.PICS]
     settings = state["settings"].model_copy(update={"deterministic": True})
     fixed = Reconstructor(state["reconstructor"].profile, settings)
-    fixed.load_components({"unet": pipeline.unet, "vae": pipeline.vae, "text_encoder": pipeline.text_encoder,
-                           "tokenizer": pipeline.tokenizer, "controlnet": pipeline.controlnet,
-                           "scheduler": PNDMScheduler.from_pretrained(state["saved"].base_model / "scheduler")})
     flags = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
-    try:
+    try:  # the same modules, assembled again with deterministic=True (which sets the cuDNN flags)
+        fixed.load_components({"unet": pipeline.unet, "vae": pipeline.vae, "text_encoder": pipeline.text_encoder,
+                               "tokenizer": pipeline.tokenizer, "controlnet": pipeline.controlnet,
+                               "scheduler": PNDMScheduler.from_pretrained(state["saved"].base_model / "scheduler")})
         with counting_calls(fixed) as (calls, _):
             result = batch_vs_alone(fixed, state, key="alone_deterministic")
     finally:
