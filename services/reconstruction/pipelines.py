@@ -55,7 +55,7 @@ def _load(cls, model_id: str, revision: str | None, fp16_variant: bool, options:
         try:
             return cls.from_pretrained(model_id, **options, **attempt)
         except (OSError, ValueError) as error:
-            if attempt and "variant" in str(error).lower():
+            if attempt and any(mark in str(error).lower() for mark in ("variant", ".fp16.")):
                 continue  # no fp16 files in this repository: load the full-precision ones, cast on load
             raise ModelUnavailableError(_load_error(model_id, revision, local, what, setting, revision_setting,
                                                     error)) from error
