@@ -46,9 +46,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import httpx
 
-from services.testing.load import metric_sum, post_all
+from services.testing.load import metric_sum, post_all, proc_kib, reset_peak_rss
 from services.testing.payloads import pic_payload
-from services.testing.servers import free_port
+from services.testing.servers import ServiceProcess, free_port
 
 AMPLIFIER = bytes.fromhex("986164cd2000cd200000c40601a4d24d5559c000")  # tiny PIC, 8192x8192, 20 bytes
 MSGPACK = {"Content-Type": "application/msgpack"}
@@ -56,75 +56,37 @@ FAKE = "services.testing.fakes:create_fake_decoder_app"
 REAL = "decoder_service.app:create_app"
 
 
-class Decoder:
-    """A decoder process started from ``checkout``."""
-
-    def __init__(self, checkout: Path, target: str, env: dict[str, str], log_dir: Path, grace_s: float = 60) -> None:
-        self.port = free_port()
-        launcher = (checkout / "decoder_service" / "__main__.py").is_file()
-        if launcher:
-            command = [sys.executable, "-m", "decoder_service", "--app", target]
-        else:
-            command = [sys.executable, "-m", "uvicorn", "--factory", target,
-                       "--timeout-graceful-shutdown", str(int(grace_s))]
-        command += ["--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"]
-        self.log_path = log_dir / f"decoder-{self.port}.log"
-        full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(checkout), "TEXTSKETCH_PROFILE": "tiny",
-                    "TEXTSKETCH_DECODER_WARMUP_BATCH_SIZES": "[1]", **env}
-        self.process = subprocess.Popen(  # nosec B603 - fixed argv: this Python, the service
-            command, cwd=checkout, env=full_env, stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def wait_ready(self, timeout_s: float = 300) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(self.log_path.read_text()[-3000:])
-            try:
-                if httpx.get(f"{self.url}/health/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError("decoder not ready")
-
-    def reset_peak(self) -> int:
-        Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")
-        return self._status_kib("VmRSS")
-
-    def peak_kib(self) -> int:
-        return self._status_kib("VmHWM")
-
-    def _status_kib(self, field: str) -> int:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-        return 0
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+def start_decoder(checkout: Path, target: str, env: dict[str, str], log_dir: Path,
+                  grace_s: float = 60) -> ServiceProcess:
+    """A decoder process started from ``checkout`` (the way that checkout was started)."""
+    port = free_port()
+    if (checkout / "decoder_service" / "__main__.py").is_file():
+        command = [sys.executable, "-m", "decoder_service", "--app", target]
+    else:
+        command = [sys.executable, "-m", "uvicorn", "--factory", target, "--timeout-graceful-shutdown", str(int(grace_s))]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    log_path = log_dir / f"decoder-{port}.log"
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(checkout), "TEXTSKETCH_PROFILE": "tiny",
+                "TEXTSKETCH_DECODER_WARMUP_BATCH_SIZES": "[1]", **env}
+    process = subprocess.Popen(  # nosec B603 - fixed argv: this Python, the service
+        command, cwd=checkout, env=full_env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
+    return ServiceProcess("decoder", port, process, log_path)
 
 
 def amplify(checkout: Path, work: Path) -> list[dict]:
-    decoder = Decoder(checkout, REAL, {"TEXTSKETCH_CACHE_DIR": str(work / "cache")}, work)
+    decoder = start_decoder(checkout, REAL, {"TEXTSKETCH_CACHE_DIR": str(work / "cache")}, work)
     rows = []
     try:
-        decoder.wait_ready()
+        decoder.wait_ready(300)
         probes = [("20 B, 8192x8192 output", AMPLIFIER), ("PIC 8192x512", pic_payload(width=8192, height=512))]
         for name, body in probes:
-            before = decoder.reset_peak()
+            before = reset_peak_rss(decoder.process.pid)
             start = time.perf_counter()
             response = httpx.post(f"{decoder.url}/decode", content=body, headers=MSGPACK, timeout=600)
             seconds = time.perf_counter() - start
             rows.append({"probe": name, "request_bytes": len(body), "status": response.status_code,
                          "answer_bytes": len(response.content), "seconds": round(seconds, 2),
-                         "peak_growth_mb": round((decoder.peak_kib() - before) / 1024, 1)})
+                         "peak_growth_mb": round((proc_kib(decoder.process.pid, "VmHWM") - before) / 1024, 1)})
     finally:
         decoder.stop()
     return rows
@@ -132,10 +94,10 @@ def amplify(checkout: Path, work: Path) -> list[dict]:
 
 def overload(checkout: Path, work: Path, requests: int, concurrency: int, deadline_s: float,
              polite: bool = False) -> dict:
-    decoder = Decoder(checkout, REAL, {"TEXTSKETCH_CACHE_DIR": str(work / "cache"),
+    decoder = start_decoder(checkout, REAL, {"TEXTSKETCH_CACHE_DIR": str(work / "cache"),
                                        "TEXTSKETCH_DECODER_REQUEST_TIMEOUT_S": str(deadline_s)}, work)
     try:
-        decoder.wait_ready()
+        decoder.wait_ready(300)
         warm = httpx.post(f"{decoder.url}/decode", content=pic_payload(), headers=MSGPACK, timeout=120)
         assert warm.status_code == 200, warm.text
         bodies = [pic_payload(token_ids=(1000 + i % 40000,)) for i in range(requests)]
@@ -167,9 +129,9 @@ def drain(checkout: Path, work: Path, n_requests: int, grace_s: float) -> dict:
            "TEXTSKETCH_DECODER_MAX_BATCH_SIZE": "1", "TEXTSKETCH_DECODER_MAX_QUEUE_SIZE": str(n_requests + 4)}
     if new:
         env["TEXTSKETCH_DECODER_DRAIN_TIMEOUT_S"] = str(grace_s)
-    decoder = Decoder(checkout, FAKE, env, work, grace_s=grace_s)
+    decoder = start_decoder(checkout, FAKE, env, work, grace_s=grace_s)
     try:
-        decoder.wait_ready()
+        decoder.wait_ready(300)
 
         async def main():
             async with httpx.AsyncClient(timeout=120) as client:

@@ -34,18 +34,8 @@ import httpx
 from PIL import Image
 
 from services.testing.hostile import HostileImage, hostile_images
+from services.testing.load import proc_kib, reset_peak_rss
 from services.testing.servers import start_process
-
-
-def proc_kb(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
-def reset_peak(pid: int) -> None:
-    Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
 
 
 def flat_png(side: int) -> bytes:
@@ -103,8 +93,7 @@ def main() -> int:
                         content=items[-3].data, headers={"Content-Type": "image/png"})
             for item in items:
                 headers = {"Content-Type": item.content_type} if item.content_type else {}
-                rss_before = proc_kb(pid, "VmRSS")
-                reset_peak(pid)
+                rss_before = reset_peak_rss(pid)
                 statuses, times, detail = [], [], ""
                 for _ in range(args.repeat):
                     start = time.perf_counter()
@@ -115,7 +104,7 @@ def main() -> int:
                     statuses.append(response.status_code)
                     if response.status_code != 200:
                         detail = response.json().get("detail", "")
-                peak = proc_kb(pid, "VmHWM")
+                peak = proc_kib(pid, "VmHWM")
                 upload_bytes = item.upload_bytes if isinstance(item, Streamed) else len(item.data)
                 rows.append({"image": item.name, "upload_bytes": upload_bytes, "statuses": sorted(set(statuses)),
                              "expected": list(item.expected), "ok": all(s in item.expected for s in statuses),

@@ -22,24 +22,15 @@ from starlette.concurrency import run_in_threadpool
 from decoder_service.runtime import DecoderRuntime, ReconstructorFactory, State, default_reconstructor
 from decoder_service.settings import DecoderSettings
 from services.bitstream.container import MAX_CANDIDATE, parse
-from services.errors import UnsupportedMediaError
-from services.serving.errors import BodyTooLargeError, InvalidRequestError, NotAcceptableError, UnauthorizedError
-from services.serving.http import bearer_token_ok, install_error_handlers, read_body
+from services.serving.errors import InvalidRequestError, NotAcceptableError
+from services.serving.http import PAYLOAD_BODY, install_error_handlers, read_payload_body, require_token
 from services.serving.lifecycle import install_sigterm_drain
 from services.serving.metrics import ServiceMetrics, add_metrics_route, install_request_metrics
 
 log = logging.getLogger("textsketch.decoder")
 
-MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack", "application/octet-stream")
 IMAGE_TYPES = {"image/png": "png", "image/webp": "webp", "image/jpeg": "jpeg"}
 
-_MSGPACK_BODY = {
-    "requestBody": {
-        "required": True,
-        "description": "A textsketch payload (bitstream v2, or v1 written by older encoders) exactly as returned by the encoder's POST /encode.",
-        "content": {"application/msgpack": {"schema": {"type": "string", "format": "binary"}}},
-    }
-}
 _IMAGE_RESPONSES = {
     200: {
         "description": "The reconstructed image at the original size; PNG unless Accept asks for WebP or JPEG.",
@@ -102,12 +93,6 @@ def client_timeout(request: Request) -> float | None:
     return seconds
 
 
-def _check_content_type(request: Request) -> None:
-    content_type = request.headers.get("content-type", "application/msgpack").split(";")[0].strip().lower()
-    if content_type not in MSGPACK_TYPES:
-        raise UnsupportedMediaError(f"send the payload as application/msgpack, not {content_type}")
-
-
 def create_app(
     settings: DecoderSettings | None = None,
     reconstructor_factory: ReconstructorFactory = default_reconstructor,
@@ -141,24 +126,13 @@ def create_app(
     install_error_handlers(app)
     install_request_metrics(app, metrics)
 
-    def authorize(request: Request) -> None:
-        if not bearer_token_ok(request.headers.get("authorization"), settings.auth_token):
-            metrics.rejected("unauthorized")
-            raise UnauthorizedError("missing or wrong bearer token; send Authorization: Bearer <token>")
-
     async def payload_from(request: Request):
-        authorize(request)
+        require_token(request, settings.auth_token, metrics.rejected)
         # 503 while loading or draining, 429 when full or overloaded: all before reading the body
         runtime.check_accepting(client_timeout(request))
-        _check_content_type(request)
-        try:
-            body = await read_body(request, settings.max_body_bytes)
-        except BodyTooLargeError:
-            metrics.rejected("too_large")
-            raise
-        return parse(body)
+        return parse(await read_payload_body(request, settings.max_body_bytes, metrics.rejected))
 
-    @app.post("/decode", response_class=Response, openapi_extra=_MSGPACK_BODY, responses=_IMAGE_RESPONSES,
+    @app.post("/decode", response_class=Response, openapi_extra=PAYLOAD_BODY, responses=_IMAGE_RESPONSES,
               summary="Decode a payload to an image")
     async def decode(request: Request) -> Response:
         fmt = negotiate_image_format(request.headers.get("accept"))
@@ -169,7 +143,7 @@ def create_app(
         media = "image/jpeg" if fmt == "jpeg" else f"image/{fmt}"
         return Response(data, media_type=media, headers={"X-Candidate": str(payload.candidate)})
 
-    @app.post("/candidates", response_class=Response, openapi_extra=_MSGPACK_BODY, responses=_CANDIDATE_RESPONSES,
+    @app.post("/candidates", response_class=Response, openapi_extra=PAYLOAD_BODY, responses=_CANDIDATE_RESPONSES,
               summary="Render candidates 1..n of a payload in one batch")
     async def candidates(
         request: Request,

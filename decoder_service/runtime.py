@@ -174,8 +174,12 @@ class DecoderRuntime:
 
     def check_accepting(self, timeout_s: float | None = None) -> None:
         """503 while loading or draining; 429 when the queue could not take a request with this deadline."""
+        self._check_state()
+        self.scheduler.check_capacity(self.deadline(timeout_s))
+
+    def _check_state(self) -> None:
+        """503 unless ready: loading, failed or draining."""
         if self.state is State.READY:
-            self.scheduler.check_capacity(self.deadline(timeout_s))
             return
         if self.state is State.LOADING:
             self.metrics.rejected("not_ready")
@@ -222,12 +226,8 @@ class DecoderRuntime:
 
         ``timeout_s`` (a client's own deadline) can only shorten ``request_timeout_s``.
         """
-        self.check_accepting(timeout_s)
-        deadline = self.deadline(timeout_s)
-        try:
-            ticket: Ticket = self.scheduler.submit(self.bucket_key(jobs[0]), jobs, timeout_s=deadline)
-        finally:
-            self.metrics.set_estimated_wait(self.scheduler.estimated_wait())
+        self._check_state()  # submit checks the queue's capacity itself
+        ticket: Ticket = self.scheduler.submit(self.bucket_key(jobs[0]), jobs, timeout_s=self.deadline(timeout_s))
         try:
             while True:
                 done, _ = await asyncio.wait({ticket.future}, timeout=self.settings.disconnect_poll_s)

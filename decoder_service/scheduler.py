@@ -63,6 +63,7 @@ class SchedulerObserver(Protocol):
     """What the scheduler reports; ``services.serving.metrics`` implements it."""
 
     def queue_size(self, n_jobs: int) -> None: ...
+    def queue_load(self, cost: float, estimated_wait_s: float, in_flight: int) -> None: ...
     def queue_wait(self, seconds: float) -> None: ...
     def batch_done(self, n_jobs: int, seconds: float, ok: bool) -> None: ...
     def rejected(self, reason: str) -> None: ...
@@ -252,7 +253,7 @@ class BatchScheduler(Generic[J, R]):
                 slowdown = elapsed / expected
                 wait += 0.25 * expected  # overrunning: assume a quarter of the estimate is still ahead
             else:
-                wait += expected - elapsed
+                wait += max(0.0, expected - elapsed)  # nothing measured yet: expected is 0
         for key, bucket in self._buckets.items():
             wait += slowdown * self.throughput.seconds(key, sum(t.cost for t in bucket))
         return wait
@@ -291,7 +292,7 @@ class BatchScheduler(Generic[J, R]):
             await asyncio.sleep(0.005)
         return True
 
-    def fail_queued(self, error: ServiceError) -> int:
+    def fail_queued(self, error: BaseException) -> int:
         """Fail every queued (not running) request with ``error``; the number failed."""
         failed = 0
         for bucket in list(self._buckets.values()):
@@ -305,7 +306,6 @@ class BatchScheduler(Generic[J, R]):
         """Stop the loop; fail whatever is still queued with ``DrainingError``."""
         self._accepting = False
         self.fail_queued(DrainingError("the decoder is shutting down; retry on another instance", retry_after_s=5))
-        self._buckets.clear()
         if self._task is not None:
             self._task.cancel()
             try:
@@ -328,11 +328,7 @@ class BatchScheduler(Generic[J, R]):
         if task.cancelled() or task.exception() is None:
             return
         self._accepting = False
-        for bucket in list(self._buckets.values()):
-            for ticket in list(bucket):
-                self._finish(ticket, exc=RuntimeError(f"batch scheduler stopped: {task.exception()!r}"))
-        self._buckets.clear()
-        self._queued_jobs = 0
+        self.fail_queued(RuntimeError(f"batch scheduler stopped: {task.exception()!r}"))
 
     # -- submitting --------------------------------------------------------
     def _retry_after(self, key: Hashable, excess_cost: float) -> float:
@@ -341,12 +337,15 @@ class BatchScheduler(Generic[J, R]):
         seconds = self.config.retry_after_s if rate is None else rate * excess_cost
         return min(self.config.max_retry_after_s, max(1.0, seconds))
 
-    def check_capacity(self, timeout_s: float | None = None) -> None:
-        """Refuse before a request is even read: draining, a queue already at capacity, or (with the
-        request's deadline, known from its headers) an estimated wait that deadline cannot meet."""
+    def _check_accepting(self) -> None:
         if self._task is None or not self._accepting:
             self._observer.rejected("draining")
             raise DrainingError("the decoder is shutting down and accepts no new requests", retry_after_s=5)
+
+    def check_capacity(self, timeout_s: float | None = None) -> None:
+        """Refuse before a request is even read: draining, a queue already at capacity, or (with the
+        request's deadline, known from its headers) an estimated wait that deadline cannot meet."""
+        self._check_accepting()
         if self._queued_jobs >= self.config.max_queue_size or self._queued_cost >= self.config.max_queue_cost:
             self._observer.rejected("queue_full")
             excess = self._queued_cost - self.config.max_queue_cost
@@ -376,9 +375,7 @@ class BatchScheduler(Generic[J, R]):
         """
         if not jobs:
             raise ValueError("submit needs at least one job")
-        if self._task is None or not self._accepting:
-            self._observer.rejected("draining")
-            raise DrainingError("the decoder is shutting down and accepts no new requests", retry_after_s=5)
+        self._check_accepting()
         cost = float(sum(self._cost_of(job) for job in jobs))
         config = self.config
         if cost > config.max_request_cost:
@@ -449,9 +446,7 @@ class BatchScheduler(Generic[J, R]):
 
     def _report_queue(self) -> None:
         self._observer.queue_size(self._queued_jobs)
-        queue_load = getattr(self._observer, "queue_load", None)
-        if queue_load is not None:
-            queue_load(self._queued_cost, self.estimated_wait(), self.in_flight)
+        self._observer.queue_load(self._queued_cost, self.estimated_wait(), self.in_flight)
 
     def _finish(self, ticket: Ticket, *, result: Any = None, exc: BaseException | None = None) -> None:
         ticket.state = _State.DONE

@@ -30,7 +30,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from encoder_service.forward import install_forwarding
+from encoder_service.forward import decoder_unreachable, install_forwarding
 from encoder_service.page import install_page
 from encoder_service.runtime import EncoderRuntime, warm_up
 from encoder_service.selection import CandidateScorer, load_scorer, unpack_candidates
@@ -40,8 +40,8 @@ from services.bitstream.container import MAX_CANDIDATE, Payload
 from services.codec import image_working_size
 from services.errors import CodecError, ModelUnavailableError
 from services.imaging import load_image_for_coding
-from services.serving.errors import InvalidRequestError, QueueFullError, UnauthorizedError, UpstreamError
-from services.serving.http import bearer_token_ok, install_error_handlers
+from services.serving.errors import InvalidRequestError, QueueFullError, UpstreamError
+from services.serving.http import install_error_handlers, require_token
 from services.serving.lifecycle import install_sigterm_drain
 from services.serving.metrics import ServiceMetrics, add_metrics_route, install_request_metrics
 
@@ -100,10 +100,8 @@ class _Limiter:
     async def slot(self, admitted: bool = False):
         """A running slot. ``admitted``: the request already passed this limiter once (it comes back with
         the decoder's candidates to score), so it waits for a slot instead of getting a 429."""
-        if self._inside >= self._capacity and not admitted:
-            self._metrics.rejected("queue_full")
-            raise QueueFullError("too many encodes in progress; retry after the Retry-After delay",
-                                 retry_after_s=self._retry_after_s)
+        if not admitted:
+            self.check_capacity()
         self._inside += 1
         self._metrics.queue_size(self._inside)
         try:
@@ -158,9 +156,7 @@ def create_app(settings: EncoderSettings | None = None, http_transport: httpx.As
         candidates: int = Query(0, ge=0, le=MAX_CANDIDATE, description="N candidates to choose from (power of two); 0 = off."),
         candidate_fallback: bool | None = Query(None, description="Encode without selection when the decoder is unreachable."),
     ) -> Response:
-        if not bearer_token_ok(request.headers.get("authorization"), settings.auth_token):
-            metrics.rejected("unauthorized")
-            raise UnauthorizedError("missing or wrong bearer token; send Authorization: Bearer <token>")
+        require_token(request, settings.auth_token, metrics.rejected)
         runtime.check_accepting()
         if candidates and (candidates & (candidates - 1) or candidates > settings.max_candidates):
             raise InvalidRequestError(f"candidates must be a power of two up to {settings.max_candidates}, got {candidates}")
@@ -285,12 +281,8 @@ async def _render_candidates(app, settings: EncoderSettings, payload: Payload, n
         response = await app.state.decoder.post(
             f"{settings.decoder_url.rstrip('/')}/candidates", params={"n": n, "format": "png"},
             content=payload.with_candidate(0).to_bytes(), headers={"Content-Type": "application/msgpack"})
-    except httpx.TimeoutException as exc:
-        raise UpstreamError(f"the decoder at {settings.decoder_url} timed out rendering candidates ({exc!r})",
-                            status=504) from None
     except httpx.HTTPError as exc:
-        raise UpstreamError(f"the decoder at {settings.decoder_url} is unreachable ({exc!r})", status=503,
-                            retry_after_s=5) from None
+        raise decoder_unreachable(exc, settings) from None
     if response.status_code != 200:
         try:
             detail = response.json().get("detail", response.text)

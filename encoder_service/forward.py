@@ -33,6 +33,7 @@ from encoder_service.runtime import EncoderRuntime
 from encoder_service.settings import EncoderSettings
 from services.bitstream.container import MAX_CANDIDATE
 from services.serving.errors import RequestCancelledError, UpstreamError
+from services.serving.http import PAYLOAD_BODY
 from services.serving.metrics import ServiceMetrics
 
 DISCONNECT_POLL_S = 0.25
@@ -40,13 +41,6 @@ MAX_ERROR_BYTES = 64 * 1024  # an error body from the decoder is read up to this
 PASSED_ON = ("accept", "x-request-timeout")
 RELAYED = ("content-type", "retry-after", "x-candidate", "www-authenticate")
 
-_PAYLOAD_BODY = {
-    "requestBody": {
-        "required": True,
-        "description": "A textsketch payload, as returned by POST /encode (application/msgpack).",
-        "content": {"application/msgpack": {"schema": {"type": "string", "format": "binary"}}},
-    }
-}
 _FORWARD_RESPONSES = {
     502: {"description": "The decoder failed (5xx) or refused the encoder's decoder_token."},
     503: {"description": "Encoder loading or draining; no decoder_url; the decoder is unreachable; or the "
@@ -87,7 +81,7 @@ def install_forwarding(app: FastAPI, settings: EncoderSettings, metrics: Service
         relayed.pop("www-authenticate", None)
         return Response(body, status_code=response.status_code, headers=relayed)
 
-    @app.post("/decode", response_class=Response, openapi_extra=_PAYLOAD_BODY,
+    @app.post("/decode", response_class=Response, openapi_extra=PAYLOAD_BODY,
               summary="Decode a payload through this encoder's decoder (forwarded)",
               responses={200: {"description": "The decoder's image (PNG unless Accept asks for WebP or JPEG).",
                                "content": {"image/png": {}, "image/webp": {}, "image/jpeg": {}}},
@@ -95,7 +89,7 @@ def install_forwarding(app: FastAPI, settings: EncoderSettings, metrics: Service
     async def decode(request: Request) -> Response:
         return await forward(request, "/decode", {})
 
-    @app.post("/candidates", response_class=Response, openapi_extra=_PAYLOAD_BODY,
+    @app.post("/candidates", response_class=Response, openapi_extra=PAYLOAD_BODY,
               summary="Render candidates 1..n of a payload through this encoder's decoder (forwarded)",
               responses={200: {"description": "The decoder's msgpack map {indices, format, images}.",
                                "content": {"application/msgpack": {}}},
@@ -106,6 +100,15 @@ def install_forwarding(app: FastAPI, settings: EncoderSettings, metrics: Service
         format: str = Query("png", pattern="^(png|webp|jpeg)$", description="Image format of each candidate."),
     ) -> Response:
         return await forward(request, "/candidates", {"n": n, "format": format})
+
+
+def decoder_unreachable(exc: httpx.HTTPError, settings: EncoderSettings) -> UpstreamError:
+    """The error for a decoder call that got no answer: 504 when it timed out, else 503 (unreachable)."""
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamError(f"the decoder at {settings.decoder_url} did not answer within "
+                             f"{settings.decoder_timeout_s:.0f} s ({exc!r})", status=504)
+    return UpstreamError(f"the decoder at {settings.decoder_url} is unreachable ({exc!r})", status=503,
+                         retry_after_s=5)
 
 
 async def _send(client: httpx.AsyncClient, upstream: httpx.Request, request: Request, settings: EncoderSettings,
@@ -120,14 +123,9 @@ async def _send(client: httpx.AsyncClient, upstream: httpx.Request, request: Req
             if await request.is_disconnected():
                 metrics.rejected("cancelled")
                 raise RequestCancelledError("the client went away; the decoder call was dropped")
-    except httpx.TimeoutException as exc:
-        metrics.rejected("upstream")
-        raise UpstreamError(f"the decoder at {settings.decoder_url} did not answer within "
-                            f"{settings.decoder_timeout_s:.0f} s ({exc!r})", status=504) from None
     except httpx.HTTPError as exc:
         metrics.rejected("upstream")
-        raise UpstreamError(f"the decoder at {settings.decoder_url} is unreachable ({exc!r})", status=503,
-                            retry_after_s=5) from None
+        raise decoder_unreachable(exc, settings) from None
     finally:
         if not sending.done():
             sending.cancel()

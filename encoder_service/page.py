@@ -27,6 +27,7 @@ from encoder_service.runtime import EncoderRuntime
 from encoder_service.settings import EncoderSettings
 from services.inspection import NoSketchError, inspect_payload, sketch_png
 from services.serving.errors import InvalidRequestError
+from services.serving.http import PAYLOAD_BODY
 from services.serving.metrics import ServiceMetrics
 
 PAGE_FILES = {"index.html": "text/html; charset=utf-8", "page.css": "text/css; charset=utf-8",
@@ -42,13 +43,6 @@ PAGE_HEADERS = {
     "Cache-Control": "no-cache",
 }
 
-_PAYLOAD_BODY = {
-    "requestBody": {
-        "required": True,
-        "description": "A textsketch payload, as returned by POST /encode (application/msgpack).",
-        "content": {"application/msgpack": {"schema": {"type": "string", "format": "binary"}}},
-    }
-}
 _PAYLOAD_ERRORS = {
     401: {"description": "auth_token is set and the bearer token is missing or wrong."},
     413: {"description": "Body over the bitstream's payload limit."},
@@ -99,7 +93,7 @@ def install_page(app: FastAPI, settings: EncoderSettings, metrics: ServiceMetric
             async with limiter.slot():
                 return await run_in_threadpool(work, data, *args)
 
-    @app.post("/inspect", openapi_extra=_PAYLOAD_BODY, summary="Describe a payload: fields, bytes, bpp, prompt text",
+    @app.post("/inspect", openapi_extra=PAYLOAD_BODY, summary="Describe a payload: fields, bytes, bpp, prompt text",
               responses={200: {"description": "JSON: version, profile, profile_id, mode, width, height, "
                                               "working_width, working_height, candidate, bytes, prompt_bytes, "
                                               "sketch_bytes, overhead_bytes, bpp, token_ids, prompt_text."},
@@ -108,7 +102,7 @@ def install_page(app: FastAPI, settings: EncoderSettings, metrics: ServiceMetric
         info = await payload_work(request, inspect_payload, settings.codec)
         return JSONResponse(info.to_dict())
 
-    @app.post("/sketch", response_class=Response, openapi_extra=_PAYLOAD_BODY,
+    @app.post("/sketch", response_class=Response, openapi_extra=PAYLOAD_BODY,
               summary="The payload's decoded sketch as a PNG at the working size",
               responses={200: {"description": "Grayscale PNG, white lines on black, at the working size the "
                                               "decoder draws the sketch at.", "content": {"image/png": {}}},

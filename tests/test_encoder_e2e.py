@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -15,6 +14,7 @@ from PIL import Image
 
 from services.bitstream.container import parse
 from services.testing.hostile import jpeg_declaring, png_1bit
+from services.testing.load import proc_kib, reset_peak_rss
 from services.testing.servers import start_service
 
 pytestmark = pytest.mark.e2e
@@ -60,12 +60,11 @@ def test_chunked_uploads_over_the_limit_are_refused_at_the_limit(limited):
             ("multipart", chunks(head, total, f"\r\n--{boundary}--\r\n".encode()),
              f"multipart/form-data; boundary={boundary}"),
             ("raw", chunks(png(), total), "image/png")):
-        rss_before = proc_kb(pid, "VmRSS")
-        reset_peak(pid)
+        rss_before = reset_peak_rss(pid)
         start = time.monotonic()
         response = httpx.post(f"{limited.url}/encode", params=GIVEN, content=body,
                               headers={"Content-Type": content_type}, timeout=60)
-        answers[name] = (response, time.monotonic() - start, (proc_kb(pid, "VmHWM") - rss_before) / 1024)
+        answers[name] = (response, time.monotonic() - start, (proc_kib(pid, "VmHWM") - rss_before) / 1024)
     for name, (response, seconds, growth_mb) in answers.items():
         assert "content-length" not in response.request.headers  # really chunked
         assert response.status_code == 413, (name, response.status_code, response.text[:200])
@@ -85,11 +84,10 @@ def test_declared_image_sizes_are_checked_before_pixels_are_decoded(limited):
     refused = httpx.post(f"{limited.url}/encode", params=GIVEN, content=png_1bit(40000, 1000),
                          headers={"Content-Type": "image/png"}, timeout=60)
     refused_s = time.monotonic() - start
-    rss_before = proc_kb(pid, "VmRSS")
-    reset_peak(pid)
+    rss_before = reset_peak_rss(pid)
     lying = httpx.post(f"{limited.url}/encode", params=GIVEN, content=jpeg_declaring(6000, 6000),
                        headers={"Content-Type": "image/jpeg"}, timeout=60)
-    growth_mb = (proc_kb(pid, "VmHWM") - rss_before) / 1024
+    growth_mb = (proc_kib(pid, "VmHWM") - rss_before) / 1024
     # 40000x1000 (4.9 kB, 40 Mpx: within max_image_pixels) needs a 20480x512 working size: refused from the header
     assert refused.status_code == 413 and refused.json()["error"] == "image_too_large", refused.text
     assert "20480x512" in refused.json()["detail"] and "max_working_pixels" in refused.json()["detail"]
@@ -99,17 +97,6 @@ def test_declared_image_sizes_are_checked_before_pixels_are_decoded(limited):
     assert lying.status_code == 200, lying.text
     assert (parse(lying.content).width, parse(lying.content).height) == (4096, 4096)
     assert growth_mb < 100, growth_mb
-
-
-def proc_kb(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
-def reset_peak(pid: int) -> None:
-    Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := current RSS (Linux)
 
 
 def test_the_encoder_is_ready_only_once_its_models_are_loaded(tmp_path):

@@ -50,6 +50,9 @@ class Recorder:
     def queue_size(self, n_jobs: int) -> None:
         assert n_jobs >= 0
 
+    def queue_load(self, cost: float, estimated_wait_s: float, in_flight: int) -> None:
+        assert cost >= 0 and estimated_wait_s >= 0 and in_flight >= 0
+
     def queue_wait(self, seconds: float) -> None:
         self.waits.append(seconds)
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 import hmac
 import logging
 import math
+from collections.abc import Callable
 
 from pydantic import SecretStr
 
@@ -196,6 +197,38 @@ class UnexpectedErrorMiddleware:
             if started:
                 raise
             await error_response(exc)(scope, receive, send)
+
+
+# Content types a textsketch payload may be sent as (both services' payload routes).
+MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack", "application/octet-stream")
+# OpenAPI request body of a payload route.
+PAYLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "A textsketch payload (bitstream v2, or v1 written by older encoders) exactly as returned "
+                       "by the encoder's POST /encode.",
+        "content": {"application/msgpack": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+
+
+def require_token(request, token: SecretStr | str | None, rejected: Callable[[str], None]) -> None:
+    """401 (``UnauthorizedError``) unless ``request`` carries the bearer ``token`` (when one is configured)."""
+    if not bearer_token_ok(request.headers.get("authorization"), token):
+        rejected("unauthorized")
+        raise UnauthorizedError("missing or wrong bearer token; send Authorization: Bearer <token>")
+
+
+async def read_payload_body(request, limit: int, rejected: Callable[[str], None]) -> bytes:
+    """A payload body: 415 unless a msgpack content type, 413 over ``limit`` bytes (``read_body``)."""
+    content_type = request.headers.get("content-type", "application/msgpack").split(";")[0].strip().lower()
+    if content_type not in MSGPACK_TYPES:
+        raise UnsupportedMediaError(f"send the payload as application/msgpack, not {content_type}")
+    try:
+        return await read_body(request, limit)
+    except BodyTooLargeError:
+        rejected("too_large")
+        raise
 
 
 async def read_body(request, limit: int, too_large: type[CodecError] = BodyTooLargeError) -> bytes:

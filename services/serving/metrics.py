@@ -118,9 +118,6 @@ class ServiceMetrics:
         self._estimated_wait.labels(self.service).set(estimated_wait_s)
         self._in_flight.labels(self.service).set(in_flight)
 
-    def set_estimated_wait(self, seconds: float) -> None:
-        self._estimated_wait.labels(self.service).set(seconds)
-
     def oom_split(self) -> None:
         self._oom_splits.labels(self.service).inc()
 

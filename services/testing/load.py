@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
@@ -78,3 +79,17 @@ async def post_all(url: str, bodies: Sequence[bytes], *, concurrency: int, timeo
 
     async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
         return list(await asyncio.gather(*(one(client, i, b) for i, b in enumerate(bodies))))
+
+
+def proc_kib(pid: int, field: str) -> int:
+    """A ``/proc/<pid>/status`` memory field in KiB (``VmRSS``, ``VmHWM``; Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def reset_peak_rss(pid: int) -> int:
+    """Reset the process's peak RSS mark (``VmHWM`` := current RSS, Linux); the current RSS in KiB."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    return proc_kib(pid, "VmRSS")
