@@ -32,7 +32,7 @@ from starlette.concurrency import run_in_threadpool
 
 from encoder_service.forward import decoder_unreachable, install_forwarding
 from encoder_service.page import install_page
-from encoder_service.runtime import EncoderRuntime, warm_up
+from encoder_service.runtime import EncoderRuntime, set_torch_threads, warm_up
 from encoder_service.selection import CandidateScorer, load_scorer, unpack_candidates
 from encoder_service.settings import EncoderSettings
 from encoder_service.uploads import read_upload
@@ -116,7 +116,8 @@ def create_app(settings: EncoderSettings | None = None, http_transport: httpx.As
     """Build the encoder app. ``http_transport`` replaces the network for calls to the decoder (tests)."""
     settings = settings or EncoderSettings()
     metrics = ServiceMetrics("encoder")
-    limiter = _Limiter(settings.max_concurrent_encodes, settings.max_waiting_encodes, settings.retry_after_s, metrics)
+    concurrent_encodes, torch_threads = settings.encode_concurrency()
+    limiter = _Limiter(concurrent_encodes, settings.max_waiting_encodes, settings.retry_after_s, metrics)
     runtime = EncoderRuntime(metrics, (lambda: warm_up(settings)) if settings.warmup else None)
     working_size = image_working_size(settings.codec)
 
@@ -125,6 +126,8 @@ def create_app(settings: EncoderSettings | None = None, http_transport: httpx.As
         headers = {"Authorization": f"Bearer {settings.decoder_token.get_secret_value()}"} if settings.decoder_token else {}
         app.state.decoder = httpx.AsyncClient(
             timeout=settings.decoder_timeout_s, headers=headers, transport=http_transport)
+        set_torch_threads(torch_threads)
+        log.info("encoder: %d encodes at once, %d torch threads each", concurrent_encodes, torch_threads)
         await runtime.startup()
         restore = (install_sigterm_drain(runtime.begin_drain, lambda: runtime.drain(settings.drain_timeout_s))
                    if settings.handle_sigterm else None)
@@ -176,6 +179,7 @@ def create_app(settings: EncoderSettings | None = None, http_transport: httpx.As
                                                  max_pixels=max_pixels, working_size=working_size)
             with metrics.stage("encode"), _watch_disconnect(request, metrics) as gone:
                 result = await run_in_threadpool(_encode, loaded.image, settings, options, loaded.size, gone.is_set)
+            metrics.observe_stages(result.stage_seconds)
         payload: Payload = result.payload
         selection_note = "off"
         if candidates:

@@ -142,3 +142,11 @@ def warm_up(settings: EncoderSettings) -> None:
 
     codec = settings.codec.model_copy(update={"pez_steps": 1})
     encode_image(Image.new("RGB", (96, 64), (128, 96, 64)), codec, EncodeOptions(text="warm up"))
+
+
+def set_torch_threads(threads: int) -> None:
+    """torch's intra-op threads for this process (each running encode gets a team of this size)."""
+    import torch
+
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)

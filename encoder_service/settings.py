@@ -5,7 +5,12 @@ from __future__ import annotations
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.devices import available_cpus
 from services.settings import CodecSettings
+
+# Default cores per running encode: HED's convolutions and the caption model scale to about 4 threads;
+# the sketch coder is single-threaded Python, so more encodes than cores/4 mostly wait for one another.
+CORES_PER_ENCODE = 4
 
 
 class EncoderSettings(BaseSettings):
@@ -15,7 +20,12 @@ class EncoderSettings(BaseSettings):
 
     max_upload_bytes: int | None = Field(None, ge=1, description="Largest image upload in bytes; default: the codec's max_upload_bytes (32 MiB).")
     max_image_pixels: int | None = Field(None, ge=1, description="Largest decoded image in pixels; default: the codec's max_image_pixels (40 Mpx).")
-    max_concurrent_encodes: int = Field(2, ge=1, description="Encodes running at once in the thread pool (CPU-bound).")
+    max_concurrent_encodes: int | None = Field(
+        None, ge=1, description="Encodes running at once in the thread pool (CPU-bound). Unset: one per "
+        f"{CORES_PER_ENCODE} available cores (at least 1).")
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch threads each running encode uses (set process-wide at start-up). Unset: the "
+        "available cores (affinity mask, cgroup quota) divided by max_concurrent_encodes, at least 1.")
     max_waiting_encodes: int = Field(16, ge=0, description="Encodes waiting for a slot before 429.")
     retry_after_s: float = Field(2.0, gt=0, description="Retry-After sent with 429.")
     decoder_url: str | None = Field(None, description="Decoder service base URL for candidate selection (e.g. http://decoder:8002).")
@@ -30,6 +40,12 @@ class EncoderSettings(BaseSettings):
     handle_sigterm: bool = Field(True, description="Drain on SIGTERM as above before uvicorn stops (off: uvicorn's own shutdown).")
     auth_token: SecretStr | None = Field(None, description="When set, /encode needs `Authorization: Bearer <token>`.")
     codec: CodecSettings = Field(default_factory=CodecSettings, description="Codec settings (TEXTSKETCH_* env).")
+
+    def encode_concurrency(self, cpus: int | None = None) -> tuple[int, int]:
+        """(encodes at once, torch threads per encode) on ``cpus`` cores (default: ``available_cpus()``)."""
+        cpus = cpus or available_cpus()
+        concurrent = self.max_concurrent_encodes or max(1, cpus // CORES_PER_ENCODE)
+        return concurrent, self.torch_threads or max(1, cpus // concurrent)
 
     def upload_limits(self) -> tuple[int, int]:
         return (self.max_upload_bytes or self.codec.max_upload_bytes, self.max_image_pixels or self.codec.max_image_pixels)

@@ -13,8 +13,10 @@ work without loading torch.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -87,6 +89,8 @@ class EncodeResult:
     data: bytes
     prompt_ids: tuple[int, ...]
     sketch: np.ndarray | None  # decoded sketch as the decoder will see it (PICS)
+    # Wall seconds per encoder stage: resize, prompt, edges and sketch (PICS: lossy stage + coding + check decode).
+    stage_seconds: dict[str, float] = field(default_factory=dict, compare=False)
 
     @property
     def n_bytes(self) -> int:
@@ -122,26 +126,32 @@ def encode_image(image: Image.Image, settings: CodecSettings, options: EncodeOpt
     from services.sketch.edges import edge_map
 
     profile = settings.model_profile()
+    stages = _StageClock()
     image = image.convert("RGB")
     width, height = original_size or image.size
     working_w, working_h = check_working_dimensions(
         profile, width, height, settings.max_working_pixels, ImageTooLargeError, "image")
-    working = resize(image, working_w, working_h)
+    with stages("resize"):
+        working = resize(image, working_w, working_h)
     # The payload never declares more than max_output_pixels: larger originals are coded as if downscaled.
     out_w, out_h = fit_within(width, height, settings.max_output_pixels)
 
     source = options.prompt_source or settings.prompt_source
-    prompt_ids = tuple(make_prompt_ids(working, source, settings, text=options.text, should_stop=options.should_stop))
-    prompt_body = encode_token_ids(prompt_ids)
+    with stages("prompt"):
+        prompt_ids = tuple(make_prompt_ids(working, source, settings, text=options.text,
+                                           should_stop=options.should_stop))
+        prompt_body = encode_token_ids(prompt_ids)
 
     sketch_body: bytes | None = None
     sketch: np.ndarray | None = None
     if options.mode == Mode.PICS:
-        edges = edge_map(working, profile.sketch_kind, settings)
+        with stages("edges"):
+            edges = edge_map(working, profile.sketch_kind, settings)
         quality = settings.sketch_quality if options.quality is None else options.quality
         target = options.target_bytes if options.target_bytes is not None else settings.sketch_target_bytes
-        sketch_body = encode_sketch(edges, profile.sketch_kind, quality=quality, target_bytes=target)
-        sketch = decode_sketch(sketch_body, working_w, working_h, settings.max_working_pixels)
+        with stages("sketch"):
+            sketch_body = encode_sketch(edges, profile.sketch_kind, quality=quality, target_bytes=target)
+            sketch = decode_sketch(sketch_body, working_w, working_h, settings.max_working_pixels)
 
     payload = Payload(
         profile=int(profile.id),
@@ -151,7 +161,23 @@ def encode_image(image: Image.Image, settings: CodecSettings, options: EncodeOpt
         prompt=prompt_body,
         sketch=sketch_body,
     )
-    return EncodeResult(payload=payload, data=payload.to_bytes(), prompt_ids=prompt_ids, sketch=sketch)
+    return EncodeResult(payload=payload, data=payload.to_bytes(), prompt_ids=prompt_ids, sketch=sketch,
+                        stage_seconds=stages.seconds)
+
+
+class _StageClock:
+    """``with clock("name"):`` adds the block's wall time to ``clock.seconds["name"]``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
 
 
 def payload_to_job(

@@ -7,6 +7,12 @@ when the rule is applied, so importing this module costs nothing.
 
 from __future__ import annotations
 
+import math
+import os
+from pathlib import Path
+
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
 
 def resolve_device(setting: str = "auto") -> str:
     """The device name for a ``device`` setting (``auto``, ``cpu``, ``cuda`` or ``cuda:N``)."""
@@ -20,3 +26,16 @@ def resolve_device(setting: str = "auto") -> str:
 
 def is_cuda(device: str) -> bool:
     return str(device).startswith("cuda")
+
+
+def available_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """CPUs this process may use: its affinity mask, bounded by a cgroup v2 CPU quota (a container's
+    ``--cpus``), rounded up; at least 1."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()
+        if quota != "max":
+            count = min(count, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota visible: the affinity mask is the bound
+    return max(1, count)

@@ -242,6 +242,48 @@ def test_health_metrics_and_openapi(tmp_path, photo_png):
     assert live.status_code == 200 and ready.status_code == 200
     assert 'textsketch_requests_total{method="POST",route="/encode",service="encoder",status="200"} 1.0' in metrics
     assert 'textsketch_stage_duration_seconds_count{service="encoder",stage="encode"} 1.0' in metrics
+    for stage in ("resize", "prompt", "edges", "sketch"):  # the codec's own stages, from EncodeResult.stage_seconds
+        assert f'textsketch_stage_duration_seconds_count{{service="encoder",stage="{stage}"}} 1.0' in metrics
     schema = app.openapi()["paths"]["/encode"]["post"]
     assert {"image/png", "multipart/form-data"} <= set(schema["requestBody"]["content"])
     assert "application/msgpack" in schema["responses"]["200"]["content"]
+
+
+@pytest.mark.parametrize(("cpus", "encodes", "threads", "expected"), [
+    (2, None, None, (1, 2)),  # the default: one encode per 4 cores, the cores shared out
+    (16, None, None, (4, 4)),
+    (16, 2, None, (2, 8)),
+    (3, 4, None, (4, 1)),  # never fewer than one thread
+    (8, 2, 3, (2, 3)),  # both set: as given
+])
+def test_encode_concurrency_shares_the_cores_out(cpus, encodes, threads, expected):
+    settings = EncoderSettings(max_concurrent_encodes=encodes, torch_threads=threads)
+    assert settings.encode_concurrency(cpus) == expected
+
+
+def test_available_cpus_respects_a_cgroup_quota(tmp_path):
+    from services.devices import available_cpus
+
+    unlimited = available_cpus(tmp_path / "missing")
+    assert unlimited >= 1
+    quota = tmp_path / "cpu.max"
+    quota.write_text("150000 100000\n")  # docker --cpus=1.5
+    assert available_cpus(quota) == min(unlimited, 2)
+    quota.write_text("max 100000\n")
+    assert available_cpus(quota) == unlimited
+
+
+def test_the_encoder_sets_its_torch_threads_at_start(tmp_path, photo_png):
+    import torch
+
+    before = torch.get_num_threads()
+    app = make_app(tmp_path, max_concurrent_encodes=1, torch_threads=1)
+
+    async def main():
+        async with serving(app) as client:
+            return (await client.get("/health/ready")).status_code, torch.get_num_threads()
+
+    try:
+        assert run(main()) == (200, 1)
+    finally:
+        torch.set_num_threads(before)

@@ -144,6 +144,11 @@ class ServiceMetrics:
         """Context manager timing one encoder stage."""
         return _Timer(self.stage_duration.labels(self.service, stage))
 
+    def observe_stages(self, seconds: dict[str, float]) -> None:
+        """Record stages timed elsewhere (the codec's ``EncodeResult.stage_seconds``)."""
+        for stage, value in seconds.items():
+            self.stage_duration.labels(self.service, stage).observe(value)
+
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
