@@ -24,6 +24,6 @@ serve: setup
 	VENV=$(VENV) bash scripts/serve.sh
 
 lint: setup
-	$(VENV)/bin/ruff check services encoder_service decoder_service bench tests
-	$(VENV)/bin/bandit -q -c pyproject.toml -r services encoder_service decoder_service
+	$(VENV)/bin/ruff check services encoder_service decoder_service ray_service bench tests
+	$(VENV)/bin/bandit -q -c pyproject.toml -r services encoder_service decoder_service ray_service
 	$(VENV)/bin/lint-imports

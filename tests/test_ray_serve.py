@@ -1,0 +1,201 @@
+"""textsketch on a real local Ray cluster (Ray Serve, its HTTP proxy on 127.0.0.1, the real FastAPI apps).
+
+One cluster for the module (``ray.init`` with 2 CPUs; each replica asks for a quarter CPU), configs
+deployed with ``serve run --non-blocking`` from ``deploy/ray/serve-cpu.yaml``. The decoder replicas run
+the real decoder app, scheduler, bitstream and sketch decoding over the fake model
+(``services.testing.fakes``: flat images coloured by each job's seed, a fixed delay per batch), so the
+tests are about serving: replicas, routing, redeploys, failures, autoscaling. The tests run in file
+order and each starts from the deployment it needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+
+import httpx
+import msgpack
+import numpy as np
+import pytest
+from PIL import Image
+
+from services.testing.payloads import pic_payload, tiny_pics_payload
+from services.testing.servers import free_port
+
+ray = pytest.importorskip("ray", reason="Ray Serve is the optional extra .[ray]; make setup installs it")
+
+from ray_service.testing import FAKE_DECODER, BackgroundLoad, LocalServe, request_all, serve_config  # noqa: E402
+
+pytestmark = pytest.mark.ray
+
+ENV = {"TEXTSKETCH_FAKE_DELAY_S": "0.05", "TEXTSKETCH_DECODER_MAX_QUEUE_DELAY_MS": "20"}
+ARGS = {"decoder_app": FAKE_DECODER}
+
+
+def mixed_requests(n: int) -> list[tuple[str, bytes, dict]]:
+    """Decodes of PIC payloads at three working sizes, PICS decodes and 2-candidate renderings, interleaved."""
+    kinds = [
+        ("/decode", pic_payload(width=96, height=64), {}),
+        ("/decode", pic_payload(token_ids=(320, 530), width=64, height=96), {}),
+        ("/decode", pic_payload(width=128, height=64, candidate=3), {}),
+        ("/decode", tiny_pics_payload(), {}),
+        ("/candidates", pic_payload(width=96, height=64), {"n": 2}),
+    ]
+    return [kinds[i % len(kinds)] for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    serve_cluster = LocalServe(tmp_path_factory.mktemp("ray"))
+    serve_cluster.port = free_port()
+    serve_cluster.url = f"http://127.0.0.1:{serve_cluster.port}"
+    try:
+        yield serve_cluster
+    finally:
+        serve_cluster.shutdown()
+
+
+def deploy(cluster, decoder: dict, env: dict | None = None, **wait) -> None:
+    cluster.deploy(serve_config(cluster.port, decoder=decoder, args=ARGS, env={**ENV, **(env or {})}))
+    cluster.wait_running(cluster.url, **wait)
+
+
+@pytest.fixture
+def two_replicas(cluster):
+    deploy(cluster, {"num_replicas": 2}, decoders=2)
+    return cluster
+
+
+def pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def images_of(path: str, body: bytes) -> list[np.ndarray]:
+    if path == "/candidates":
+        return [pixels(image) for image in msgpack.unpackb(body)["images"]]
+    return [pixels(body)]
+
+
+async def plain_decoder_answers(requests) -> dict:
+    """The plain decoder app (same fake model) in this process: the expected images per request kind."""
+    from decoder_service.settings import DecoderSettings
+    from services.settings import CodecSettings
+    from services.testing.fakes import create_fake_decoder_app
+    from services.testing.servers import serving
+
+    app = create_fake_decoder_app(DecoderSettings(codec=CodecSettings(profile="tiny"), warmup_batch_sizes=[1]))
+    expected = {}
+    async with serving(app) as client:
+        for path, body, params in requests:
+            key = (path, body, tuple(sorted(params.items())))
+            if key not in expected:
+                response = await client.post(path, content=body, params=params,
+                                             headers={"Content-Type": "application/msgpack"})
+                assert response.status_code == 200, response.text
+                expected[key] = images_of(path, response.content)
+    return expected
+
+
+def assert_no_request_lost(answers) -> None:
+    """Every answer is a 200 or a typed 429/503 with Retry-After: nothing hung, nothing untyped."""
+    bad = [(a.status, a.error, a.headers.get("retry-after")) for a in answers if a.status != 200 and not a.typed_refusal()]
+    assert not bad, f"{len(bad)} of {len(answers)} answers neither 200 nor a typed refusal: {bad[:5]}"
+
+
+def test_two_decoder_replicas_serve_mixed_requests_with_the_plain_decoders_pixels(two_replicas):
+    cluster = two_replicas
+    requests = mixed_requests(50)
+    # A cold scheduler admits one batch per bucket until it has measured its throughput: the client
+    # retries those typed 429s after Retry-After, as TextSketchClient does.
+    answers = asyncio.run(request_all(cluster.url, requests, concurrency=8, retries=5))
+    assert [a.status for a in answers] == [200] * len(requests), [(a.status, a.error) for a in answers if a.status != 200]
+    served_by = [a.headers["x-decoder-replica"] for a in answers]
+    counts = {name: served_by.count(name) for name in set(served_by)}
+    assert len(counts) == 2 and min(counts.values()) >= 5, counts  # both decoder replicas served
+    assert all(name.startswith("SERVE_REPLICA::decoder#Decoder#") for name in counts)
+    assert len({a.headers["x-encoder-replica"] for a in answers}) == 1
+    expected = asyncio.run(plain_decoder_answers(requests))
+    for (path, body, params), answer in zip(requests, answers, strict=True):
+        got = images_of(path, answer.body)
+        want = expected[(path, body, tuple(sorted(params.items())))]
+        assert len(got) == len(want) and all(np.array_equal(g, w) for g, w in zip(got, want, strict=True)), path
+
+
+def test_the_decoder_application_keeps_the_plain_decoders_contract(two_replicas):
+    url = f"{two_replicas.url}/decoder"
+    assert httpx.get(f"{url}/health/ready", timeout=10).json()["status"] == "ready"
+    assert httpx.get(f"{url}/health/live", timeout=10).status_code == 200
+    assert "textsketch_requests_total" in httpx.get(f"{url}/metrics", timeout=10).text
+    ok = httpx.post(f"{url}/decode", content=pic_payload(), headers={"Content-Type": "application/msgpack",
+                                                                      "Accept": "image/webp"}, timeout=30)
+    assert ok.status_code == 200 and ok.headers["content-type"] == "image/webp"
+    corrupt = httpx.post(f"{url}/decode", content=b"\x93garbage", headers={"Content-Type": "application/msgpack"},
+                         timeout=30)
+    assert corrupt.status_code == 422 and corrupt.json()["error"]
+    # the same refusal through the encoder's forwarding (deployment handle), marked as the decoder's
+    forwarded = httpx.post(f"{two_replicas.url}/decode", content=b"\x93garbage",
+                           headers={"Content-Type": "application/msgpack"}, timeout=30)
+    assert forwarded.status_code == 422 and forwarded.json() == corrupt.json()
+
+
+def test_a_killed_decoder_replica_fails_fast_or_retries_and_ray_restarts_it(two_replicas):
+    cluster = two_replicas
+    load = BackgroundLoad(cluster.url, mixed_requests(10), concurrency=4, timeout_s=60).start()
+    try:
+        cluster.wait_for(lambda: len(load.answers) >= 10, 60, "first answers")
+        before = {a.headers.get("x-decoder-replica") for a in load.since(0) if a.status == 200}
+        victim = sorted(before)[0]
+        ray.kill(ray.get_actor(victim, namespace="serve"))
+        killed_at = time.monotonic()
+        survivor_served = lambda: sum(  # noqa: E731
+            a.status == 200 and a.headers.get("x-decoder-replica") not in (victim, None) for a in load.since(killed_at))
+        cluster.wait_for(lambda: survivor_served() >= 10, 60, "the survivor serving after the kill")
+        # Ray replaces the killed replica: two running again, and the new one serves.
+        cluster.wait_for(lambda: cluster.replicas() == {"RUNNING": 2}, 120, "a replacement replica")
+        seen_after = lambda: {a.headers.get("x-decoder-replica") for a in load.since(killed_at) if a.status == 200}  # noqa: E731
+        cluster.wait_for(lambda: len(seen_after() - before) >= 1, 60, "the replacement serving")
+    finally:
+        answers = load.stop()
+    assert victim not in seen_after()
+    assert_no_request_lost(answers)
+    assert max(a.seconds for a in answers) < 30, "a request hung on the killed replica"
+
+
+def test_a_redeploy_with_a_changed_config_under_load_loses_no_request(two_replicas):
+    cluster = two_replicas
+    load = BackgroundLoad(cluster.url, mixed_requests(10), concurrency=8, timeout_s=60).start()
+    try:
+        cluster.wait_for(lambda: len(load.answers) >= 10, 60, "first answers")
+        old = {a.headers.get("x-decoder-replica") for a in load.since(0) if a.status == 200}
+        # A smaller queue and another batching delay: every replica of both applications is replaced.
+        redeployed_at = time.monotonic()
+        cluster.deploy(serve_config(cluster.port, decoder={"num_replicas": 2}, args=ARGS,
+                                    env={**ENV, "TEXTSKETCH_DECODER_MAX_QUEUE_SIZE": "4",
+                                         "TEXTSKETCH_DECODER_MAX_QUEUE_DELAY_MS": "30"}))
+        new_serving = lambda: {a.headers.get("x-decoder-replica") for a in load.since(redeployed_at)  # noqa: E731
+                               if a.status == 200} - old - {None}
+        cluster.wait_for(lambda: len(new_serving()) == 2 and cluster.replicas() == {"RUNNING": 2}, 180,
+                         "both new decoder replicas serving")
+        settled_at = time.monotonic()
+        cluster.wait_for(lambda: len(load.since(settled_at)) >= 20, 60, "load after the redeploy")
+    finally:
+        answers = load.stop()
+    assert_no_request_lost(answers)
+    assert sum(a.status == 200 for a in answers) >= 40
+    assert {"queue_full", "overloaded"} >= {a.error for a in answers if a.status == 429}
+
+
+def test_autoscaling_adds_a_decoder_replica_under_load_and_removes_it_when_idle(cluster):
+    autoscaling = {"autoscaling_config": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2,
+                                          "upscale_delay_s": 0.5, "downscale_delay_s": 2, "look_back_period_s": 1}}
+    deploy(cluster, autoscaling, env={"TEXTSKETCH_FAKE_DELAY_S": "0.2"}, decoders=1)
+    load = BackgroundLoad(cluster.url, mixed_requests(10), concurrency=8, timeout_s=60).start()
+    try:
+        up_s = cluster.wait_for(lambda: cluster.replicas() == {"RUNNING": 2}, 90, "scale-up to 2 replicas")
+    finally:
+        answers = load.stop()
+    down_s = cluster.wait_for(lambda: cluster.replicas() == {"RUNNING": 1}, 90, "scale-down to 1 replica")
+    assert_no_request_lost(answers)
+    assert sum(a.status == 200 for a in answers) >= 10
+    print(f"autoscaling: 1 -> 2 after {up_s:.1f} s of load, 2 -> 1 after {down_s:.1f} s idle")
