@@ -57,7 +57,23 @@ class CodecSettings(BaseSettings):
 
     # Prompt stage.
     prompt_source: str = Field("caption", description="Default prompt source: pez, caption or given.")
-    caption_model: str = Field("Salesforce/blip-image-captioning-base", description="Image-to-text model for the caption source (hub id, local folder, or tiny).")
+    caption_model: str = Field(
+        "Salesforce/blip-image-captioning-base",
+        description="Image-to-text model for the caption source (hub id, local folder, tiny, or random-blip-base: a "
+        "full-size BLIP-base with random weights, for CPU benchmarks). A smaller public captioner that loads through "
+        "the same AutoModelForImageTextToText path: microsoft/git-base-coco (GIT-base, 177 M parameters, 224x224 "
+        "images, 6-layer decoder); only its architecture was run here (random weights), caption quality untested.")
+    caption_runtime: Literal["auto", "fp32", "int8", "int8-bf16"] = Field(
+        "auto",
+        description="Caption model arithmetic on CPU. fp32; int8: dynamic int8 weights in every linear layer; "
+        "int8-bf16: image encoder in bfloat16 (fast only on CPUs with AMX or AVX-512 BF16), text decoder's linear "
+        "layers in dynamic int8. auto: int8-bf16 on such CPUs, int8 elsewhere. The fast runtimes can change the "
+        "caption (services.prompt.agreement measures how much). On CUDA the caption model runs fp32.")
+    caption_max_new_tokens: int = Field(
+        20, ge=1, le=75,
+        description="Most tokens the caption model generates (greedy, KV cache; a caption usually ends earlier). 20 "
+        "is BLIP's own caption length limit (max_len 20 in its captioning configs), well inside the 75 CLIP tokens "
+        "of the prompt.")
     clip_model: str = Field("laion/CLIP-ViT-H-14-laion2B-s32B-b79K", description="CLIP model PEZ inverts against and candidate selection scores with (hub id, local folder, or tiny).")
     caption_revision: str | None = Field(None, description="Hub revision (commit hash) of the caption model; unset = the default branch.")
     clip_revision: str | None = Field(None, description="Hub revision (commit hash) of the CLIP model; unset = the default branch.")

@@ -6,6 +6,12 @@ with a fixed seed, saved with ``save_pretrained`` under the cache folder, and
 loaded back by path through the same ``from_pretrained`` calls the real
 checkpoints use. Tests and the offline demo use them; their outputs carry no
 meaning.
+
+The caption model id ``"random-blip-base"`` stands for a full-size BLIP-base
+captioner (224 M parameters, 384x384 images: the architecture and compute of
+``Salesforce/blip-image-captioning-base``) with random weights, for CPU
+benchmarks where the real weights are out of reach. Its captions are arbitrary
+words but a deterministic function of the image.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from pathlib import Path
 from services.bitstream.vocabulary import BOS_ID, EOS_ID, VOCAB_SIZE
 
 TINY_MODEL_ID = "tiny"
+RANDOM_BLIP_BASE_ID = "random-blip-base"
 TINY_ENCODERS_VERSION = 1
 
 TINY_WORDS = [
@@ -110,18 +117,57 @@ def build_tiny_blip(directory: Path, seed: int = 0) -> Path:
     return directory
 
 
-_BUILDERS = {"clip": build_tiny_clip, "caption": build_tiny_blip}
+def _blip_base_vocab() -> dict[str, int]:
+    """30,524 entries at BLIP-base's ids: [PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103, [DEC] 30522;
+    common English words (wordfreq) everywhere else, so captions read as words and tokenise like text."""
+    import wordfreq
+    from transformers import BlipConfig
+
+    text = BlipConfig().text_config
+    specials = {0: "[PAD]", 100: "[UNK]", 101: "[CLS]", text.sep_token_id: "[SEP]", 103: "[MASK]",
+                text.bos_token_id: "[DEC]"}
+    words = (w for w in wordfreq.top_n_list("en", 100_000) if w.isascii() and w.isalpha())
+    return {specials[i] if i in specials else next(words): i for i in range(text.vocab_size)}
+
+
+def build_random_blip_base(directory: Path, seed: int = 0) -> Path:
+    """A full-size BLIP-base captioner with random weights (transformers' ``BlipConfig`` defaults: ViT-B/16 on
+    384x384 images, 12-layer BERT-base decoder with cross-attention, 30,524-token vocabulary) and its processor,
+    saved to ``directory`` with ``save_pretrained``; load it back with ``from_pretrained(directory)``.
+
+    Same compute as ``Salesforce/blip-image-captioning-base``; for benchmarks, not for captions. Building takes
+    tens of seconds and ~0.9 GB; ``resolve_model_id(RANDOM_BLIP_BASE_ID, "caption", cache_dir)`` builds it once
+    into the cache folder and returns that folder.
+    """
+    import torch
+    from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
+
+    tokenizer = BertTokenizer(vocab=_blip_base_vocab(), bos_token="[DEC]", do_lower_case=True)  # noqa: S106  # nosec B106
+    torch.manual_seed(seed)
+    BlipForConditionalGeneration(BlipConfig()).save_pretrained(directory)
+    image_processor = BlipImageProcessor(size={"height": 384, "width": 384})
+    BlipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(directory)
+    return directory
+
+
+_BUILDERS = {
+    (TINY_MODEL_ID, "clip"): build_tiny_clip,
+    (TINY_MODEL_ID, "caption"): build_tiny_blip,
+    (RANDOM_BLIP_BASE_ID, "caption"): build_random_blip_base,
+}
 
 
 def resolve_model_id(model_id: str, kind: str, cache_dir: Path) -> str:
-    """``model_id`` unchanged, or for ``"tiny"`` the folder of the built tiny ``kind`` model."""
-    if model_id != TINY_MODEL_ID:
+    """``model_id`` unchanged, or for ``"tiny"`` (and ``"random-blip-base"`` as a caption model) the cache folder
+    the random model is built into once."""
+    builder = _BUILDERS.get((model_id, kind))
+    if builder is None:
         return model_id
-    target = Path(cache_dir) / f"tiny-{kind}-v{TINY_ENCODERS_VERSION}"
+    target = Path(cache_dir) / f"{model_id}-{kind}-v{TINY_ENCODERS_VERSION}"
     if not (target / "config.json").is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".tiny-{kind}-", dir=target.parent))
-        _BUILDERS[kind](staging)
+        staging = Path(tempfile.mkdtemp(prefix=f".{model_id}-{kind}-", dir=target.parent))
+        builder(staging)
         try:
             os.rename(staging, target)  # atomic: a concurrent builder's copy wins, ours is dropped
         except OSError:
