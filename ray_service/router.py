@@ -23,6 +23,7 @@ router's own in-flight count when larger.
 from __future__ import annotations
 
 import collections
+import random
 from typing import Any
 
 from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
@@ -54,7 +55,8 @@ class BucketAffinityRouter(RequestRouter):
                               pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
         if not candidate_replicas:
             return []
-        by_load = sorted(candidate_replicas, key=self.load)
+        # Equal loads in random order (as the default router's random pairs), so idle replicas share the work.
+        by_load = sorted(random.sample(candidate_replicas, len(candidate_replicas)), key=self.load)
         bucket = request_bucket(pending_request)
         if bucket is None:
             return [by_load]
