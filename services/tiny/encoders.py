@@ -26,6 +26,8 @@ from services.bitstream.vocabulary import BOS_ID, EOS_ID, VOCAB_SIZE
 TINY_MODEL_ID = "tiny"
 RANDOM_BLIP_BASE_ID = "random-blip-base"
 TINY_ENCODERS_VERSION = 1
+RANDOM_BLIP_BASE_VERSION = 2  # 2: image-sensitive initialisation of the image encoder's position embeddings
+IMAGE_SENSITIVE_INIT_STD = 0.1
 
 TINY_WORDS = [
     "a",
@@ -87,8 +89,11 @@ def build_tiny_clip(directory: Path, seed: int = 0) -> Path:
     return directory
 
 
-def build_tiny_blip(directory: Path, seed: int = 0) -> Path:
-    """A 1-layer BLIP captioner with a 24-word vocabulary and 32x32 images."""
+def build_tiny_blip(directory: Path, seed: int = 0, vision_init_std: float | None = None) -> Path:
+    """A 1-layer BLIP captioner with a 24-word vocabulary and 32x32 images.
+
+    ``vision_init_std``: the spread of the image encoder's position and class embeddings (transformers draws them
+    with std 1e-10); ``IMAGE_SENSITIVE_INIT_STD`` makes the random captions depend on the image."""
     import torch
     from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
 
@@ -111,6 +116,8 @@ def build_tiny_blip(directory: Path, seed: int = 0) -> Path:
         vision_config=_toy_vision(layers=1),
         projection_dim=16,
     )
+    if vision_init_std is not None:
+        config.vision_config.initializer_range = vision_init_std
     BlipForConditionalGeneration(config).save_pretrained(directory)
     image_processor = BlipImageProcessor(size={"height": 32, "width": 32})
     BlipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(directory)
@@ -135,35 +142,41 @@ def build_random_blip_base(directory: Path, seed: int = 0) -> Path:
     384x384 images, 12-layer BERT-base decoder with cross-attention, 30,524-token vocabulary) and its processor,
     saved to ``directory`` with ``save_pretrained``; load it back with ``from_pretrained(directory)``.
 
-    Same compute as ``Salesforce/blip-image-captioning-base``; for benchmarks, not for captions. Building takes
-    tens of seconds and ~0.9 GB; ``resolve_model_id(RANDOM_BLIP_BASE_ID, "caption", cache_dir)`` builds it once
-    into the cache folder and returns that folder.
+    Same compute as ``Salesforce/blip-image-captioning-base``; for benchmarks, not for captions. One change from
+    transformers' initialisation: the image encoder's position and class embeddings are drawn with std
+    ``IMAGE_SENSITIVE_INIT_STD`` instead of 1e-10; with the default every Kodak image gets the same caption, with
+    this each its own (a caption agreement over many images then compares many captions, not one). Building takes
+    about 10 s and 0.9 GB; ``resolve_model_id(RANDOM_BLIP_BASE_ID, "caption", cache_dir)`` builds it once into the
+    cache folder and returns that folder.
     """
     import torch
     from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
 
     tokenizer = BertTokenizer(vocab=_blip_base_vocab(), bos_token="[DEC]", do_lower_case=True)  # noqa: S106  # nosec B106
     torch.manual_seed(seed)
-    BlipForConditionalGeneration(BlipConfig()).save_pretrained(directory)
+    config = BlipConfig()
+    config.vision_config.initializer_range = IMAGE_SENSITIVE_INIT_STD
+    BlipForConditionalGeneration(config).save_pretrained(directory)
     image_processor = BlipImageProcessor(size={"height": 384, "width": 384})
     BlipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(directory)
     return directory
 
 
+# (model id, kind) -> (builder, version of what it builds: a new version is built beside the old folder)
 _BUILDERS = {
-    (TINY_MODEL_ID, "clip"): build_tiny_clip,
-    (TINY_MODEL_ID, "caption"): build_tiny_blip,
-    (RANDOM_BLIP_BASE_ID, "caption"): build_random_blip_base,
+    (TINY_MODEL_ID, "clip"): (build_tiny_clip, TINY_ENCODERS_VERSION),
+    (TINY_MODEL_ID, "caption"): (build_tiny_blip, TINY_ENCODERS_VERSION),
+    (RANDOM_BLIP_BASE_ID, "caption"): (build_random_blip_base, RANDOM_BLIP_BASE_VERSION),
 }
 
 
 def resolve_model_id(model_id: str, kind: str, cache_dir: Path) -> str:
     """``model_id`` unchanged, or for ``"tiny"`` (and ``"random-blip-base"`` as a caption model) the cache folder
     the random model is built into once."""
-    builder = _BUILDERS.get((model_id, kind))
-    if builder is None:
+    if (model_id, kind) not in _BUILDERS:
         return model_id
-    target = Path(cache_dir) / f"{model_id}-{kind}-v{TINY_ENCODERS_VERSION}"
+    builder, version = _BUILDERS[model_id, kind]
+    target = Path(cache_dir) / f"{model_id}-{kind}-v{version}"
     if not (target / "config.json").is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{model_id}-{kind}-", dir=target.parent))
