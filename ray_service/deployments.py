@@ -13,11 +13,13 @@ per application in the Serve config's ``runtime_env``). Under Ray:
   replica, waits for its requests (``graceful_shutdown_timeout_s``), then the app's lifespan drains.
 
 Every answer names the replica that made it (``X-Decoder-Replica``, ``X-Encoder-Replica``: Ray's
-replica actor name), so load spread and failures can be traced.
+replica actor name), so load spread and failures can be traced, and every replica mirrors its own
+``/metrics`` into Ray's metrics export, tagged with the replica (``ray_service.metrics``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 from collections.abc import Callable
@@ -27,12 +29,14 @@ import httpx
 from ray import serve
 
 from ray_service.forwarding import HANDLE_URL, ForwardedRequest, ForwardedResponse, HandleTransport, bucket_label
+from ray_service.metrics import MetricsBridge
 from ray_service.router import BUCKETS_STAT
 
 log = logging.getLogger("textsketch.ray")
 
 DECODER_APP = "decoder_service.app:create_app"
 ENCODER_APP = "encoder_service.app:create_app"
+METRICS_EXPORT_PERIOD_S = 5.0  # how often a replica mirrors its /metrics into Ray's (ray_service.metrics)
 # Ongoing requests a decoder replica takes beyond what its scheduler can hold: health, metrics, the
 # requests its own admission is refusing at that moment.
 ADMISSION_HEADROOM = 8
@@ -97,9 +101,10 @@ class Decoder:
                 f"{needed} requests (max_queue_size + max_batch_size + {ADMISSION_HEADROOM}); raise it or leave it "
                 "to ray_service.app, otherwise Ray queues requests the scheduler would refuse with 429")
 
-    def __serve_build_asgi_app__(self):
+    async def __serve_build_asgi_app__(self):
         app = self.factory(self.settings)
         app.add_middleware(_ReplicaHeader, name="X-Decoder-Replica", value=self.name)
+        self.metrics_export = _export_metrics(app)
         self.runtime = app.state.runtime
         # Calls from the encoder's handle run through the same app in memory: same checks, same answers.
         # (The ASGI transport enforces no timeout: the scheduler's deadline and the encoder's bound a call.)
@@ -129,6 +134,7 @@ class Decoder:
             raise RuntimeError(f"running batch stalled for {stalled:.0f} s")
 
     async def __del__(self) -> None:
+        _stop(getattr(self, "metrics_export", None))
         client = getattr(self, "client", None)
         if client is not None:
             await client.aclose()
@@ -146,8 +152,23 @@ class Encoder:
         self.decoder = serve.get_deployment_handle("Decoder", app_name=decoder_application)
         self.name = replica_name()
 
-    def __serve_build_asgi_app__(self):
+    async def __serve_build_asgi_app__(self):
         transport = HandleTransport(self.decoder, self.settings.codec.model_profile())
         app = self.factory(self.settings, http_transport=transport)
         app.add_middleware(_ReplicaHeader, name="X-Encoder-Replica", value=self.name)
+        self.metrics_export = _export_metrics(app)
         return app
+
+    async def __del__(self) -> None:
+        _stop(getattr(self, "metrics_export", None))
+
+
+def _export_metrics(app) -> asyncio.Task:
+    """Mirror the app's registry into Ray's metrics for as long as the replica lives."""
+    bridge = MetricsBridge(app.state.metrics.registry, METRICS_EXPORT_PERIOD_S)
+    return asyncio.get_running_loop().create_task(bridge.run(), name="metrics-export")
+
+
+def _stop(task: asyncio.Task | None) -> None:
+    if task is not None:
+        task.cancel()

@@ -107,8 +107,11 @@ class LocalServe:
 
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        from services.testing.servers import free_port
+
+        self.metrics_port = free_port()  # Ray's Prometheus export of this node (ray start --metrics-export-port)
         self.context = ray.init(num_cpus=num_cpus, include_dashboard=False, namespace="textsketch",
-                                log_to_driver=False, configure_logging=False)
+                                log_to_driver=False, configure_logging=False, _metrics_export_port=self.metrics_port)
         self.address = self.context.address_info["gcs_address"]
         self._configs = 0
 

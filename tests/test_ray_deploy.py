@@ -21,6 +21,7 @@ from ray.serve.schema import ServeDeploySchema  # noqa: E402
 from ray_service.app import DecoderArgs, EncoderArgs, build_decoder, build_encoder  # noqa: E402
 from ray_service.deployments import ADMISSION_HEADROOM, decoder_max_ongoing  # noqa: E402
 from ray_service.forwarding import ForwardedResponse, HandleTransport, payload_bucket  # noqa: E402
+from ray_service.metrics import MetricsBridge  # noqa: E402
 from ray_service.router import BUCKETS_STAT, BucketAffinityRouter  # noqa: E402
 from services.profiles import get_profile  # noqa: E402
 from services.testing.payloads import pic_payload, tiny_pics_payload  # noqa: E402
@@ -245,3 +246,34 @@ def test_the_handle_transport_carries_the_request_and_maps_replica_failures():
     dead = FakeHandle([ActorDiedError(), ActorDiedError()])
     with pytest.raises(httpx.ConnectError, match="ActorDiedError"):
         asyncio.run(call(HandleTransport(dead, get_profile("tiny"))))
+
+
+# -- metrics mirrored into Ray's ---------------------------------------------------------------------
+def test_the_metrics_bridge_mirrors_every_sample_with_its_labels():
+    from services.serving.metrics import ServiceMetrics
+
+    metrics = ServiceMetrics("decoder")
+    metrics.batch_done(3, 0.2, True)
+    metrics.rejected("queue_full")
+    gauges = {}
+
+    class Gauge:
+        def __init__(self, name, description, keys):
+            self.keys, self.values = keys, {}
+            gauges[name] = self
+
+        def set(self, value, tags):
+            assert tuple(sorted(tags)) == self.keys
+            self.values[tuple(sorted(tags.items()))] = value
+
+    bridge = MetricsBridge(metrics.registry, 1.0, Gauge)
+    assert bridge.export_once() > 20
+    assert gauges["textsketch_batch_size_sum"].values == {(("service", "decoder"),): 3.0}
+    assert gauges["textsketch_batch_size_bucket"].keys == ("le", "service")
+    assert gauges["textsketch_rejections_total"].values[(("reason", "queue_full"), ("service", "decoder"))] == 1.0
+    assert not any(name.endswith("_created") for name in gauges)
+    metrics.batch_done(1, 0.1, True)
+    bridge.export_once()  # the same gauges again, updated
+    assert gauges["textsketch_batch_size_sum"].values == {(("service", "decoder"),): 4.0}
+    with pytest.raises(ValueError, match="period_s"):
+        MetricsBridge(metrics.registry, 0)

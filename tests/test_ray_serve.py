@@ -139,6 +139,31 @@ def test_the_decoder_application_keeps_the_plain_decoders_contract(two_replicas)
     assert forwarded.status_code == 422 and forwarded.json() == corrupt.json()
 
 
+def test_each_replica_exports_its_own_metrics_through_rays_prometheus_endpoint(two_replicas):
+    """Ray's node metrics endpoint carries our textsketch_* samples once per replica (the replica tag)."""
+    cluster = two_replicas
+    decoders = {line.split('replica="', 1)[1].split('"', 1)[0]
+                for line in exported(cluster) if line.startswith("ray_textsketch_batch_size_count{")
+                and 'deployment="Decoder"' in line}
+
+    def both_decoders_exported() -> bool:
+        decoders.update(line.split('replica="', 1)[1].split('"', 1)[0] for line in exported(cluster)
+                        if line.startswith("ray_textsketch_batch_size_count{") and 'deployment="Decoder"' in line)
+        return len(decoders) >= 2
+
+    cluster.wait_for(both_decoders_exported, 60, "textsketch metrics of both decoder replicas in Ray's export",
+                     poll_s=2)
+    assert any(line.startswith("ray_textsketch_requests_total{") and 'deployment="Encoder"' in line
+               for line in exported(cluster))
+
+
+def exported(cluster) -> list[str]:
+    try:
+        return httpx.get(f"http://127.0.0.1:{cluster.metrics_port}/metrics", timeout=10).text.splitlines()
+    except httpx.HTTPError:
+        return []
+
+
 def test_a_killed_decoder_replica_fails_fast_or_retries_and_ray_restarts_it(two_replicas):
     cluster = two_replicas
     load = BackgroundLoad(cluster.url, mixed_requests(10), concurrency=4, timeout_s=60).start()
