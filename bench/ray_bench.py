@@ -115,8 +115,7 @@ def main() -> int:
     report: dict = {"machine_before": machine(), "delay_s": args.delay, "max_batch_size": MAX_BATCH}
     workdir = Path(tempfile.mkdtemp(prefix="ray-bench-"))
 
-    plain = start_process(FAKE_DECODER, {**{k: v for k, v in env.items()}, "TEXTSKETCH_DECODER_WARMUP_BATCH_SIZES": "[1]"},
-                          workdir)
+    plain = start_process(FAKE_DECODER, {**env, "TEXTSKETCH_DECODER_WARMUP_BATCH_SIZES": "[1]"}, workdir)
     try:
         plain.wait_ready(120)
         report["plain_health_live"] = latencies(f"{plain.url}/health/live", args.latency_requests)
@@ -128,8 +127,11 @@ def main() -> int:
     url = f"http://127.0.0.1:{port}"
 
     def deploy(replicas: int, router: str) -> None:
+        # A handle keeps the router class it was created with: the marker in both applications' environment
+        # restarts the encoder too when the router changes, so its handle to the decoder uses the new one.
         cluster.deploy(serve_config(port, decoder={"num_replicas": replicas},
-                                    args={"decoder_app": FAKE_DECODER, "router": router}, env=env))
+                                    args={"decoder_app": FAKE_DECODER, "router": router},
+                                    env={**env, "TEXTSKETCH_BENCH_ROUTER": router}))
         cluster.wait_running(url, replicas)
 
     try:

@@ -141,6 +141,7 @@ def test_the_rayservice_serves_the_gpu_config_with_one_gpu_per_worker_and_the_pi
     decoder = serve_config["applications"][0]["deployments"][0]
     assert worker["maxReplicas"] == decoder["autoscaling_config"]["max_replicas"]
     assert cluster["headGroupSpec"]["rayStartParams"]["num-gpus"] == "0"
+    assert cluster["authOptions"] == {"mode": "token"}  # Ray 2.60 clusters use token auth; KubeRay manages it
 
 
 # -- the bucket-affine router's policy --------------------------------------------------------------
