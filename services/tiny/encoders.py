@@ -90,12 +90,12 @@ def build_tiny_clip(directory: Path, seed: int = 0) -> Path:
     return directory
 
 
-def build_tiny_blip(directory: Path, seed: int = 0, vision_init_std: float | None = None) -> Path:
+def build_tiny_blip(directory: Path, seed: int = 0, init_std: float | None = None) -> Path:
     """A 1-layer BLIP captioner with a 24-word vocabulary and 32x32 images.
 
-    ``vision_init_std``: the std the image encoder's weights are drawn with. transformers' BLIP default is 1e-10,
-    which leaves the image encoder's output all but independent of the image, and so the caption too (one caption
-    for every image); 0.1 gives this tiny model captions that differ from image to image."""
+    ``init_std``: the std the text decoder's and the image encoder's weights are drawn with. By default
+    (transformers': 0.02, and 1e-10 for BLIP's image encoder) every image gets the same caption; 0.1 gives this
+    tiny model captions that differ from image to image."""
     import torch
     from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
 
@@ -103,6 +103,7 @@ def build_tiny_blip(directory: Path, seed: int = 0, vision_init_std: float | Non
     vocab = {token: i for i, token in enumerate(specials + TINY_WORDS)}
     tokenizer = BertTokenizer(vocab=vocab, bos_token="[DEC]", do_lower_case=True)  # noqa: S106  # nosec B106
     torch.manual_seed(seed)
+    spread = {} if init_std is None else {"initializer_range": init_std}
     config = BlipConfig(
         text_config={
             **_TOY_WIDTHS,
@@ -114,8 +115,9 @@ def build_tiny_blip(directory: Path, seed: int = 0, vision_init_std: float | Non
             "bos_token_id": vocab["[DEC]"],
             "sep_token_id": vocab["[SEP]"],
             "eos_token_id": vocab["[SEP]"],
+            **spread,
         },
-        vision_config=_toy_vision(layers=1) | ({} if vision_init_std is None else {"initializer_range": vision_init_std}),
+        vision_config=_toy_vision(layers=1) | spread,
         projection_dim=16,
     )
     BlipForConditionalGeneration(config).save_pretrained(directory)
