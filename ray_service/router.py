@@ -56,7 +56,7 @@ class BucketAffinityRouter(RequestRouter):
         if not candidate_replicas:
             return []
         # Equal loads in random order (as the default router's random pairs), so idle replicas share the work.
-        by_load = sorted(random.sample(candidate_replicas, len(candidate_replicas)), key=self.load)
+        by_load = sorted(random.sample(candidate_replicas, len(candidate_replicas)), key=self.load)  # noqa: S311  # nosec B311
         bucket = request_bucket(pending_request)
         if bucket is None:
             return [by_load]

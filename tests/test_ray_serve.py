@@ -11,6 +11,7 @@ order and each starts from the deployment it needs.
 from __future__ import annotations
 
 import asyncio
+import collections
 import io
 import time
 
@@ -20,11 +21,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from services.profiles import get_profile
 from services.testing.payloads import pic_payload, tiny_pics_payload
 from services.testing.servers import free_port
 
 ray = pytest.importorskip("ray", reason="Ray Serve is the optional extra .[ray]; make setup installs it")
 
+from ray_service.forwarding import payload_bucket  # noqa: E402
 from ray_service.testing import FAKE_DECODER, BackgroundLoad, LocalServe, request_all, serve_config  # noqa: E402
 
 pytestmark = pytest.mark.ray
@@ -115,6 +118,18 @@ def test_two_decoder_replicas_serve_mixed_requests_with_the_plain_decoders_pixel
     assert len(counts) == 2 and min(counts.values()) >= 5, counts  # both decoder replicas served
     assert all(name.startswith("SERVE_REPLICA::decoder#Decoder#") for name in counts)
     assert len({a.headers["x-encoder-replica"] for a in answers}) == 1
+    # The bucket-affine router sends a request where jobs of its bucket (mode x working size) are in
+    # flight, so most of a bucket lands on one replica; Ray's default router splits each bucket about
+    # evenly (bench/ray_bench.py, docs/scaling.md). Affinity lapses when a bucket has nothing in flight,
+    # hence a share over all buckets, not per bucket.
+    profile = get_profile("tiny")
+    by_bucket: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for (_, body, _), answer in zip(requests, answers, strict=True):
+        by_bucket[payload_bucket(body, profile)][answer.headers["x-decoder-replica"]] += 1
+    assert len(by_bucket) == 4
+    on_dominant = sum(max(replicas.values()) for replicas in by_bucket.values())
+    print(f"bucket affinity: {on_dominant} of {len(requests)} requests on their bucket's main replica")
+    assert on_dominant >= 0.75 * len(requests), {bucket: dict(replicas) for bucket, replicas in by_bucket.items()}
     expected = asyncio.run(plain_decoder_answers(requests))
     for (path, body, params), answer in zip(requests, answers, strict=True):
         got = images_of(path, answer.body)
