@@ -94,11 +94,15 @@ class HandleTransport(httpx.AsyncBaseTransport):
         timeout_s = (request.extensions.get("timeout") or {}).get("read")
         errors = _ray_errors()
         for attempt in range(self.retries + 1):
+            call = self.handle.forward.remote(forwarded, bucket=bucket)
             try:
-                call = self.handle.forward.remote(forwarded, bucket=bucket)
-                answer: ForwardedResponse = await asyncio.wait_for(call, timeout_s)
+                answer: ForwardedResponse = await asyncio.wait_for(_result(call), timeout_s)
                 break
+            except asyncio.CancelledError:  # our caller went away: stop the work on the replica too
+                call.cancel()
+                raise
             except asyncio.TimeoutError:
+                call.cancel()
                 raise httpx.ReadTimeout(f"no answer from the decoder deployment within {timeout_s} s",
                                         request=request) from None
             except errors as exc:
@@ -108,6 +112,10 @@ class HandleTransport(httpx.AsyncBaseTransport):
                 raise httpx.ConnectError(f"decoder deployment: {type(exc).__name__}: {exc}"[:500],
                                          request=request) from None
         return httpx.Response(answer.status, headers=list(answer.headers), content=answer.body, request=request)
+
+
+async def _result(call):
+    return await call
 
 
 def _retryable(exc: BaseException) -> bool:

@@ -200,23 +200,37 @@ def test_router_refuses_a_bad_threshold():
 
 
 # -- the encoder's handle transport ------------------------------------------------------------------
+class FakeCall:
+    """A ``DeploymentResponse`` stand-in: awaits to ``outcome`` (raised if an exception; None: never answers)."""
+
+    def __init__(self, outcome):
+        self.outcome, self.cancelled = outcome, False
+
+    def __await__(self):
+        return self._wait().__await__()
+
+    async def _wait(self):
+        if self.outcome is None:
+            await asyncio.sleep(3600)
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        return self.outcome
+
+    def cancel(self):
+        self.cancelled = True
+
+
 class FakeHandle:
     """Records ``forward.remote`` calls; answers or raises as told."""
 
     def __init__(self, outcomes):
-        self.outcomes, self.calls = list(outcomes), []
+        self.outcomes, self.calls, self.made = list(outcomes), [], []
         self.forward = SimpleNamespace(remote=self._remote)
 
     def _remote(self, request, bucket=None):
         self.calls.append((request, bucket))
-        outcome = self.outcomes.pop(0)
-
-        async def answer():
-            if isinstance(outcome, BaseException):
-                raise outcome
-            return outcome
-
-        return answer()
+        self.made.append(FakeCall(self.outcomes.pop(0)))
+        return self.made[-1]
 
 
 def test_payload_buckets_are_mode_and_working_size():
@@ -278,3 +292,27 @@ def test_the_metrics_bridge_mirrors_every_sample_with_its_labels():
     assert gauges["textsketch_batch_size_sum"].values == {(("service", "decoder"),): 4.0}
     with pytest.raises(ValueError, match="period_s"):
         MetricsBridge(metrics.registry, 0)
+
+
+def test_the_handle_transport_cancels_the_replicas_work_when_its_caller_leaves_or_times_out():
+    async def leave_after(transport, seconds, timeout=5):
+        async with httpx.AsyncClient(transport=transport, timeout=timeout) as client:
+            task = asyncio.ensure_future(client.post("http://decoder.ray-serve/decode", content=pic_payload()))
+            await asyncio.sleep(seconds)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    gone = FakeHandle([None])
+    asyncio.run(leave_after(HandleTransport(gone, get_profile("tiny")), 0.1))
+    assert gone.made[0].cancelled
+
+    slow = FakeHandle([None])
+
+    async def time_out():
+        async with httpx.AsyncClient(transport=HandleTransport(slow, get_profile("tiny")), timeout=0.2) as client:
+            await client.post("http://decoder.ray-serve/decode", content=pic_payload())
+
+    with pytest.raises(httpx.ReadTimeout):
+        asyncio.run(time_out())
+    assert slow.made[0].cancelled
