@@ -97,9 +97,10 @@ def batch_fill(url: str, n: int, concurrency: int) -> dict:
 
 
 def machine() -> dict:
-    busiest = subprocess.run(["ps", "-eo", "pcpu,comm", "--sort=-pcpu"], capture_output=True, text=True).stdout
+    """Load average and the busiest processes (ps: CPU share over each one's lifetime, command line cut)."""
+    busiest = subprocess.run(["ps", "-eo", "pcpu,etime,args", "--sort=-pcpu"], capture_output=True, text=True).stdout
     return {"loadavg": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
-            "busiest": [line.strip() for line in busiest.splitlines()[1:8]]}
+            "busiest": [" ".join(line.split())[:140] for line in busiest.splitlines()[1:8]]}
 
 
 def main() -> int:
@@ -152,7 +153,9 @@ def main() -> int:
     affine, p2c = report["fill_bucket_affinity"], report["fill_power_of_two"]
     print(f"machine: {report['machine_before']['cpus']} CPUs, load average before {report['machine_before']['loadavg']}, "
           f"after {report['machine_after']['loadavg']}")
-    print("busiest processes before:", "; ".join(report["machine_before"]["busiest"][:5]))
+    print("busiest processes before (%CPU over their lifetime, elapsed, command):")
+    for line in report["machine_before"]["busiest"][:5]:
+        print("   ", line)
     print(f"fake model: {args.delay} s per batch, max_batch_size {MAX_BATCH}; {args.requests} mixed requests, "
           f"concurrency {args.concurrency}")
     print(f"{'figure':44s} {'A':>24s} {'B':>24s}")

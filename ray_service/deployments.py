@@ -28,7 +28,13 @@ from typing import Any
 import httpx
 from ray import serve
 
-from ray_service.forwarding import HANDLE_URL, ForwardedRequest, ForwardedResponse, HandleTransport, bucket_label
+from ray_service.forwarding import (
+    HANDLE_URL,
+    ForwardedRequest,
+    ForwardedResponse,
+    HandleTransport,
+    scheduler_bucket_label,
+)
 from ray_service.metrics import MetricsBridge
 from ray_service.router import BUCKETS_STAT
 
@@ -118,10 +124,7 @@ class Decoder:
     def record_routing_stats(self) -> dict[str, Any]:
         """Queued jobs per bucket, for ``BucketAffinityRouter``."""
         queued = self.runtime.scheduler.queued_by_bucket()
-        from services.bitstream.container import Mode
-
-        return {BUCKETS_STAT: {bucket_label(Mode(key[1]).name.lower(), key[2], key[3]): n
-                               for key, n in queued.items()}}
+        return {BUCKETS_STAT: {scheduler_bucket_label(key): n for key, n in queued.items()}}
 
     def check_health(self) -> None:
         """Ray's health check = our liveness: a failed load or a batch stalled past ``liveness_stall_s``."""

@@ -71,6 +71,14 @@ def bucket_label(mode: str, width: int, height: int) -> str:
     return f"{mode}:{width}x{height}"
 
 
+def scheduler_bucket_label(key: tuple) -> str:
+    """The label of a decoder scheduler's bucket key ``(profile id, mode, working w, working h, steps, guidance)``
+    (``DecoderRuntime.bucket_key``): the same as ``payload_bucket`` of the payloads queued under it."""
+    from services.bitstream.container import Mode
+
+    return bucket_label(Mode(key[1]).name.lower(), key[2], key[3])
+
+
 def _ray_errors() -> tuple[type[BaseException], ...]:
     from ray.exceptions import RayError
     from ray.serve.exceptions import BackPressureError

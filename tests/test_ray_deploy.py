@@ -20,7 +20,12 @@ from ray.serve.schema import ServeDeploySchema  # noqa: E402
 
 from ray_service.app import DecoderArgs, EncoderArgs, build_decoder, build_encoder  # noqa: E402
 from ray_service.deployments import ADMISSION_HEADROOM, decoder_max_ongoing  # noqa: E402
-from ray_service.forwarding import ForwardedResponse, HandleTransport, payload_bucket  # noqa: E402
+from ray_service.forwarding import (  # noqa: E402
+    ForwardedResponse,
+    HandleTransport,
+    payload_bucket,
+    scheduler_bucket_label,
+)
 from ray_service.metrics import MetricsBridge  # noqa: E402
 from ray_service.router import BUCKETS_STAT, BucketAffinityRouter  # noqa: E402
 from services.profiles import get_profile  # noqa: E402
@@ -239,6 +244,16 @@ def test_payload_buckets_are_mode_and_working_size():
     assert payload_bucket(pic_payload(width=96, height=64), profile) == f"pic:{w}x{h}"
     assert payload_bucket(tiny_pics_payload(), profile) == f"pics:{w}x{h}"
     assert payload_bucket(b"\x93garbage", profile) is None
+
+
+def test_replicas_report_their_queued_buckets_under_the_labels_the_encoder_sends():
+    from services.bitstream.container import parse
+    from services.codec import payload_to_job
+
+    profile = get_profile("tiny")
+    for body in (pic_payload(width=128, height=64), tiny_pics_payload()):
+        key = (int(profile.id), *payload_to_job(parse(body), profile).bucket_key())  # DecoderRuntime.bucket_key
+        assert scheduler_bucket_label(key) == payload_bucket(body, profile)
 
 
 def test_the_handle_transport_carries_the_request_and_maps_replica_failures():
