@@ -58,6 +58,8 @@ def test_edit_distance():
     agreement = CaptionAgreement((CaptionPair((1, 2), (1, 2)), CaptionPair((1, 2), (3,))))
     assert (agreement.identical, agreement.identical_share, agreement.max_edit_distance) == (1, 0.5, 2)
     assert agreement.mean_edit_distance == 1.0
+    assert [pair.common_prefix for pair in agreement.pairs] == [2, 0]
+    assert CaptionPair((1, 2, 3), (1, 2)).common_prefix == 2
 
 
 def test_fp32_captions_are_deterministic_and_depend_on_the_image(fp32, images):

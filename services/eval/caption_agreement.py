@@ -42,6 +42,13 @@ class CaptionPair:
     def edit_distance(self) -> int:
         return token_edit_distance(self.reference, self.fast)
 
+    @property
+    def common_prefix(self) -> int:
+        """Tokens the two captions share before the first difference (greedy decoding continues from a flipped
+        token, so one flip usually changes the rest of the caption)."""
+        return next((i for i, (a, b) in enumerate(zip(self.reference, self.fast)) if a != b),
+                    min(len(self.reference), len(self.fast)))
+
 
 @dataclass(frozen=True)
 class CaptionAgreement:
@@ -64,6 +71,10 @@ class CaptionAgreement:
         return max(pair.edit_distance for pair in self.pairs)
 
     @property
+    def mean_common_prefix(self) -> float:
+        return statistics.fmean(pair.common_prefix for pair in self.pairs)
+
+    @property
     def distinct_reference_captions(self) -> int:
         """How many different captions the reference gave (a random-weight model may give one for every image,
         which makes the agreement one comparison repeated)."""
@@ -71,8 +82,9 @@ class CaptionAgreement:
 
     def summary(self) -> str:
         return (f"{self.identical}/{len(self.pairs)} identical, token edit distance mean "
-                f"{self.mean_edit_distance:.2f} max {self.max_edit_distance} "
-                f"({self.distinct_reference_captions} distinct reference captions)")
+                f"{self.mean_edit_distance:.2f} max {self.max_edit_distance}, first difference after "
+                f"{self.mean_common_prefix:.1f} tokens on average ({self.distinct_reference_captions} distinct "
+                "reference captions)")
 
 
 def caption_agreement(reference: Captioner, fast: Captioner, images: Iterable[Image.Image],

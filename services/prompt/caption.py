@@ -63,7 +63,7 @@ def resolve_runtime(runtime: CaptionRuntime | str, device: str = "cpu") -> Capti
     return runtime
 
 
-def _image_encoder(model) -> tuple[str, object] | tuple[None, None]:
+def image_encoder(model) -> tuple[str, object] | tuple[None, None]:
     """The image encoder's module name and module, or (None, None) for an architecture not listed."""
     for path in IMAGE_ENCODER_PATHS:
         module = model
@@ -116,7 +116,7 @@ def apply_runtime(model, runtime: CaptionRuntime):
         return model
     keep_float = None
     if runtime is CaptionRuntime.INT8_BF16:
-        keep_float, encoder = _image_encoder(model)
+        keep_float, encoder = image_encoder(model)
         if encoder is None:
             logger.warning("caption runtime int8-bf16: no known image encoder in %s, running it int8",
                            type(model).__name__)
@@ -130,7 +130,8 @@ def apply_runtime(model, runtime: CaptionRuntime):
         # torch.ao.quantization is deprecated in favour of torchao (not a dependency); it still works in the torch
         # range pyproject.toml allows, and tests/test_caption_runtime.py fails first if that changes.
         warnings.simplefilter("ignore", (DeprecationWarning, UserWarning))
-        return quantize_dynamic(model, {name: default_dynamic_qconfig for name in linears}, dtype=torch.qint8)
+        return quantize_dynamic(model, {name: default_dynamic_qconfig for name in linears}, dtype=torch.qint8,
+                                inplace=True)
 
 
 class Captioner:
