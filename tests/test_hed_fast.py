@@ -10,9 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
+from services.devices import native_bf16_cpu
 from services.eval.sketch_agreement import MAX_BYTES_CHANGE, MIN_F_SCORE, sketch_agreement
 from services.settings import CodecSettings
-from services.sketch.hed import HedPrecision, hed_edge_map, load_hed, native_bf16_cpu, preprocess, resolve_precision
+from services.sketch.hed import HedPrecision, hed_edge_map, load_hed, preprocess, resolve_precision
 from services.sketch.hed_weights import find_weights
 from services.sketch.lossy import QUALITY_LEVELS
 from tests.paths import EXAMPLES

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from services.devices import native_bf16_cpu
 from services.errors import ModelUnavailableError
 from services.settings import CodecSettings
 from services.sketch.hed_weights import BLOCK_CHANNELS, BLOCK_CONVS, FETCH_HINT, read_state_dict, resolve_weights
@@ -48,12 +49,6 @@ class HedPrecision(str, enum.Enum):
     AUTO = "auto"
     FP32 = "fp32"
     BF16 = "bf16"
-
-
-def native_bf16_cpu() -> bool:
-    """True when this CPU computes bfloat16 convolutions natively (AMX tiles or AVX-512 BF16)."""
-    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private helpers of torch.cpu
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 def resolve_precision(precision: HedPrecision | str) -> HedPrecision:
