@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kodak", type=Path, default=KODAK, help="folder of Kodak PNGs")
     parser.add_argument("--images", type=int, default=24)
     parser.add_argument("--caption-model", default="random-blip-base")
-    parser.add_argument("--runtimes", nargs="+", default=["int8", "int8-bf16"],
+    parser.add_argument("--runtimes", nargs="+", default=["bf16", "int8", "int8-bf16"],
                         choices=[r.value for r in CaptionRuntime if r not in (CaptionRuntime.FP32, CaptionRuntime.AUTO)])
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the caption_max_new_tokens setting")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the bench sets them, not the library)")

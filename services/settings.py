@@ -63,12 +63,13 @@ class CodecSettings(BaseSettings):
         "full-size BLIP-base with random weights, for CPU benchmarks). A smaller public captioner that loads through "
         "the same AutoModelForImageTextToText path: microsoft/git-base-coco (GIT-base, 177 M parameters, 224x224 "
         "images, 6-layer decoder); only its architecture was run here (random weights), caption quality untested.")
-    caption_runtime: Literal["auto", "fp32", "int8", "int8-bf16"] = Field(
+    caption_runtime: Literal["auto", "fp32", "bf16", "int8", "int8-bf16"] = Field(
         "auto",
-        description="Caption model arithmetic on CPU. fp32; int8: dynamic int8 weights in every linear layer; "
-        "int8-bf16: image encoder in bfloat16 (fast only on CPUs with AMX or AVX-512 BF16), text decoder's linear "
-        "layers in dynamic int8. auto: int8-bf16 on such CPUs, int8 elsewhere. The fast runtimes can change the "
-        "caption (services.prompt.agreement measures how much). On CUDA the caption model runs fp32.")
+        description="Caption model arithmetic on CPU. fp32; bf16: image encoder in bfloat16 (fast only on CPUs with "
+        "AMX or AVX-512 BF16), decoder fp32; int8: dynamic int8 weights in every linear layer; int8-bf16: image "
+        "encoder bfloat16, decoder int8 (fastest). auto: int8-bf16 on such CPUs, int8 elsewhere. The int8 decoder "
+        "changes some captions, bf16 kept them (services.eval.caption_agreement measures it; caption quality with "
+        "real weights is unchecked). On CUDA the caption model runs fp32.")
     caption_max_new_tokens: int = Field(
         20, ge=1, le=75,
         description="Most tokens the caption model generates (greedy, KV cache; a caption usually ends earlier). 20 "

@@ -12,13 +12,15 @@ Runtimes (``settings.caption_runtime``), all greedy with the KV cache on:
   (weights int8 per tensor, activations quantised per call): the decoder, which runs
   once per token and is bound by reading its weights, gets about twice as fast, the
   image encoder too;
-- ``int8-bf16``: the image encoder in bfloat16 (AMX / AVX-512 BF16 matrix units,
-  several times faster than float32 there) and the rest as ``int8``;
+- ``bf16``: the image encoder in bfloat16 (AMX / AVX-512 BF16 matrix units, several
+  times faster than float32 there), the decoder float32;
+- ``int8-bf16``: the image encoder as in ``bf16``, the rest as ``int8``;
 - ``auto``: ``int8-bf16`` on CPUs with native bfloat16, ``int8`` on other CPUs.
 
 On CUDA the model runs fp32 whatever the setting. The fast runtimes round
 differently, so their caption can differ from fp32's;
-``services.eval.caption_agreement`` measures by how many tokens.
+``services.eval.caption_agreement`` measures by how many tokens (on the full-size
+random BLIP: the int8 decoder changes most captions, the bfloat16 image encoder none).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ IMAGE_ENCODER_PATHS = ("vision_model", "vision_tower", "model.vision_tower", "gi
 class CaptionRuntime(str, enum.Enum):
     AUTO = "auto"
     FP32 = "fp32"
+    BF16 = "bf16"
     INT8 = "int8"
     INT8_BF16 = "int8-bf16"
 
@@ -109,19 +112,21 @@ def _run_in_bf16(encoder) -> None:
 
 
 def apply_runtime(model, runtime: CaptionRuntime):
-    """``model`` (float32, eval) converted for ``runtime`` (``fp32``, ``int8`` or ``int8-bf16``, not ``auto``)."""
+    """``model`` (float32, eval) converted for ``runtime`` (any but ``auto``)."""
     import torch
 
     if runtime is CaptionRuntime.FP32:
         return model
     keep_float = None
-    if runtime is CaptionRuntime.INT8_BF16:
+    if runtime in (CaptionRuntime.BF16, CaptionRuntime.INT8_BF16):
         keep_float, encoder = image_encoder(model)
         if encoder is None:
-            logger.warning("caption runtime int8-bf16: no known image encoder in %s, running it int8",
-                           type(model).__name__)
+            logger.warning("caption runtime %s: no known image encoder in %s, running it %s", runtime.value,
+                           type(model).__name__, "fp32" if runtime is CaptionRuntime.BF16 else "int8")
         else:
             _run_in_bf16(encoder)
+    if runtime is CaptionRuntime.BF16:
+        return model
     linears = {name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)
                and not (keep_float and (name == keep_float or name.startswith(keep_float + ".")))}
     from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
