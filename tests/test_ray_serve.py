@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import io
+import os
 import time
 
 import httpx
@@ -157,19 +158,18 @@ def test_the_decoder_application_keeps_the_plain_decoders_contract(two_replicas)
 def test_each_replica_exports_its_own_metrics_through_rays_prometheus_endpoint(two_replicas):
     """Ray's node metrics endpoint carries our textsketch_* samples once per replica (the replica tag)."""
     cluster = two_replicas
-    decoders = {line.split('replica="', 1)[1].split('"', 1)[0]
-                for line in exported(cluster) if line.startswith("ray_textsketch_batch_size_count{")
-                and 'deployment="Decoder"' in line}
+    seen: set[tuple[str, str]] = set()  # (deployment, replica) with textsketch samples in Ray's export
 
-    def both_decoders_exported() -> bool:
-        decoders.update(line.split('replica="', 1)[1].split('"', 1)[0] for line in exported(cluster)
-                        if line.startswith("ray_textsketch_batch_size_count{") and 'deployment="Decoder"' in line)
-        return len(decoders) >= 2
+    def exported_by_all() -> bool:
+        for line in exported(cluster):
+            if line.startswith(("ray_textsketch_batch_size_count{", "ray_textsketch_requests_total{")):
+                labels = dict(part.split("=", 1) for part in line.split("{", 1)[1].split("}", 1)[0].split(","))
+                seen.add((labels["deployment"].strip('"'), labels["replica"].strip('"')))
+        decoders = {replica for deployment, replica in seen if deployment == "Decoder"}
+        return len(decoders) >= 2 and any(deployment == "Encoder" for deployment, _ in seen)
 
-    cluster.wait_for(both_decoders_exported, 60, "textsketch metrics of both decoder replicas in Ray's export",
-                     poll_s=2)
-    assert any(line.startswith("ray_textsketch_requests_total{") and 'deployment="Encoder"' in line
-               for line in exported(cluster))
+    cluster.wait_for(exported_by_all, 90, "textsketch metrics of both decoder replicas and the encoder in Ray's "
+                     "export", poll_s=2)
 
 
 def exported(cluster) -> list[str]:
@@ -239,3 +239,54 @@ def test_autoscaling_adds_a_decoder_replica_under_load_and_removes_it_when_idle(
     assert_no_request_lost(answers)
     assert sum(a.status == 200 for a in answers) >= 10
     print(f"autoscaling: 1 -> 2 after {up_s:.1f} s of load, 2 -> 1 after {down_s:.1f} s idle")
+
+
+def test_the_real_tiny_decoder_on_ray_draws_the_plain_decoders_pixels(cluster):
+    """The real decoder (tiny random diffusion models, not the fake) behind Ray: the same image as the plain app.
+
+    CPU float sums depend on the number of threads, and Ray starts a replica that asks for less than one
+    CPU with one OpenMP thread; with one torch thread here too, the images are equal bit for bit (with
+    this machine's two, one pixel in ten thousand differs by one level)."""
+    cluster.deploy(serve_config(cluster.port, decoder={"num_replicas": 1},
+                                env={"TEXTSKETCH_DECODER_MAX_BATCH_SIZE": "2"}))
+    cluster.wait_running(cluster.url, 1, timeout_s=300)
+    payload = pic_payload()
+    through_encoder = httpx.post(f"{cluster.url}/decode", content=payload,
+                                 headers={"Content-Type": "application/msgpack"}, timeout=120)
+    direct = httpx.post(f"{cluster.url}/decoder/decode", content=payload,
+                        headers={"Content-Type": "application/msgpack"}, timeout=120)
+    assert through_encoder.status_code == 200 and direct.status_code == 200, through_encoder.text
+    expected = asyncio.run(plain_real_decode(payload))
+    assert np.array_equal(pixels(through_encoder.content), expected)
+    assert np.array_equal(pixels(direct.content), expected)
+    assert expected.std() > 0  # a drawn image, not a flat fake
+
+
+def test_ray_gives_a_replica_of_less_than_one_cpu_one_thread(cluster):
+    """What the bit-exact comparison above relies on, checked in a Ray task with the replicas' CPU request."""
+    @ray.remote(num_cpus=0.25)
+    def threads() -> str:
+        return os.environ.get("OMP_NUM_THREADS", "")
+
+    assert ray.get(threads.remote()) == "1"
+
+
+async def plain_real_decode(payload: bytes) -> np.ndarray:
+    import torch
+
+    from decoder_service.app import create_app
+    from decoder_service.settings import DecoderSettings
+    from services.settings import CodecSettings
+    from services.testing.servers import serving
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the replica (OMP_NUM_THREADS=1 from Ray)
+    try:
+        app = create_app(DecoderSettings(codec=CodecSettings(profile="tiny"), warmup_batch_sizes=[1]))
+        async with serving(app) as client:
+            response = await client.post("/decode", content=payload, headers={"Content-Type": "application/msgpack"},
+                                         timeout=120)
+            assert response.status_code == 200, response.text
+            return pixels(response.content)
+    finally:
+        torch.set_num_threads(threads)
