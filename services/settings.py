@@ -67,9 +67,9 @@ class CodecSettings(BaseSettings):
         "auto",
         description="Caption model arithmetic on CPU. fp32; bf16: image encoder in bfloat16 (fast only on CPUs with "
         "AMX or AVX-512 BF16), decoder fp32; int8: dynamic int8 weights in every linear layer; int8-bf16: image "
-        "encoder bfloat16, decoder int8 (fastest). auto: int8-bf16 on such CPUs, int8 elsewhere. The int8 decoder "
-        "changes some captions, bf16 kept them (services.eval.caption_agreement measures it; caption quality with "
-        "real weights is unchecked). On CUDA the caption model runs fp32.")
+        "encoder bfloat16, decoder int8 (fastest). auto: int8-bf16 on such CPUs, int8 elsewhere. On a random-weight "
+        "BLIP-base the int8 decoder changed most Kodak captions, bf16 few (services.eval.caption_agreement; caption "
+        "quality with real weights is unchecked). On CUDA the caption model runs fp32.")
     caption_max_new_tokens: int = Field(
         20, ge=1, le=75,
         description="Most tokens the caption model generates (greedy, KV cache; a caption usually ends earlier). 20 "
