@@ -22,9 +22,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from services.bitstream.container import Mode, parse
 from services.profiles import get_profile
 from services.testing.payloads import pic_payload, tiny_pics_payload
 from services.testing.servers import free_port
+from tests.paths import EXAMPLES
 
 ray = pytest.importorskip("ray", reason="Ray Serve is the optional extra .[ray]; make setup installs it")
 
@@ -241,8 +243,9 @@ def test_autoscaling_adds_a_decoder_replica_under_load_and_removes_it_when_idle(
     print(f"autoscaling: 1 -> 2 after {up_s:.1f} s of load, 2 -> 1 after {down_s:.1f} s idle")
 
 
-def test_the_real_tiny_decoder_on_ray_draws_the_plain_decoders_pixels(cluster):
-    """The real decoder (tiny random diffusion models, not the fake) behind Ray: the same image as the plain app.
+def test_real_tiny_models_on_ray_encode_a_photo_and_decode_it_as_the_plain_decoder(cluster):
+    """The real encoder and decoder (tiny random models, not the fake) behind Ray: a Kodak photo encoded through
+    the encoder deployment decodes to the same image as the plain decoder app draws from that payload.
 
     CPU float sums depend on the number of threads, and Ray starts a replica that asks for less than one
     CPU with one OpenMP thread; with one torch thread here too, the images are equal bit for bit (with
@@ -250,7 +253,14 @@ def test_the_real_tiny_decoder_on_ray_draws_the_plain_decoders_pixels(cluster):
     cluster.deploy(serve_config(cluster.port, decoder={"num_replicas": 1},
                                 env={"TEXTSKETCH_DECODER_MAX_BATCH_SIZE": "2"}))
     cluster.wait_running(cluster.url, 1, timeout_s=300)
-    payload = pic_payload()
+    # A real encode through Ray first: the encoder deployment codes a Kodak photo (PICS, given prompt).
+    encoded = httpx.post(f"{cluster.url}/encode", params={"mode": "pics", "prompt_source": "given",
+                                                        "text": "a red door in a stone wall"},
+                         content=(EXAMPLES / "kodim23.png").read_bytes(), headers={"Content-Type": "image/png"},
+                         timeout=120)
+    assert encoded.status_code == 200, encoded.text
+    assert parse(encoded.content).mode == Mode.PICS and int(encoded.headers["x-payload-bytes"]) == len(encoded.content)
+    payload = encoded.content
     through_encoder = httpx.post(f"{cluster.url}/decode", content=payload,
                                  headers={"Content-Type": "application/msgpack"}, timeout=120)
     direct = httpx.post(f"{cluster.url}/decoder/decode", content=payload,
