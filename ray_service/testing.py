@@ -61,6 +61,23 @@ class Answer:
         return self.status in (429, 503) and "retry-after" in self.headers and self.error not in (None, "not_json")
 
 
+async def post_payload(client: httpx.AsyncClient, url: str, index: int, body: bytes, params: dict) -> Answer:
+    """POST one msgpack body; the Answer (status 0 and the exception when no HTTP answer came), never raises."""
+    start = time.perf_counter()
+    try:
+        response = await client.post(url, content=body, params=params, headers={"Content-Type": "application/msgpack"})
+    except httpx.HTTPError as exc:
+        return Answer(index, 0, time.perf_counter() - start, {}, b"", repr(exc))
+    error = None
+    if response.status_code != 200:
+        try:
+            error = response.json().get("error")
+        except ValueError:
+            error = "not_json"
+    return Answer(index, response.status_code, time.perf_counter() - start, dict(response.headers),
+                  response.content, error)
+
+
 async def request_all(url: str, requests: list[tuple[str, bytes, dict]], *, concurrency: int,
                       timeout_s: float = 60.0, retries: int = 0) -> list[Answer]:
     """POST each ``(path, body, params)`` with at most ``concurrency`` in flight; one Answer each, never raises.
@@ -79,20 +96,7 @@ async def request_all(url: str, requests: list[tuple[str, bytes, dict]], *, conc
 
     async def attempt(client: httpx.AsyncClient, index: int, path: str, body: bytes, params: dict) -> Answer:
         async with semaphore:
-            start = time.perf_counter()
-            try:
-                response = await client.post(f"{url}{path}", content=body, params=params,
-                                             headers={"Content-Type": "application/msgpack"})
-            except httpx.HTTPError as exc:
-                return Answer(index, 0, time.perf_counter() - start, {}, b"", repr(exc))
-            error = None
-            if response.status_code != 200:
-                try:
-                    error = response.json().get("error")
-                except ValueError:
-                    error = "not_json"
-            return Answer(index, response.status_code, time.perf_counter() - start, dict(response.headers),
-                          response.content, error)
+            return await post_payload(client, f"{url}{path}", index, body, params)
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
@@ -217,21 +221,7 @@ class BackgroundLoad:
                 while not self._stop.is_set():
                     index = next(counter)
                     path, body, params = self.requests[index % len(self.requests)]
-                    start = time.perf_counter()
-                    try:
-                        response = await client.post(f"{self.url}{path}", content=body, params=params,
-                                                     headers={"Content-Type": "application/msgpack"})
-                    except httpx.HTTPError as exc:
-                        answer = Answer(index, 0, time.perf_counter() - start, {}, b"", repr(exc))
-                    else:
-                        error = None
-                        if response.status_code != 200:
-                            try:
-                                error = response.json().get("error")
-                            except ValueError:
-                                error = "not_json"
-                        answer = Answer(index, response.status_code, time.perf_counter() - start,
-                                        dict(response.headers), response.content, error)
+                    answer = await post_payload(client, f"{self.url}{path}", index, body, params)
                     self.answers.append((time.monotonic(), answer))
                     if answer.status != 200:
                         await asyncio.sleep(min(float(answer.headers.get("retry-after", 0.2)), 1.0))

@@ -8,14 +8,17 @@ prefixes.
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.limits import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_MAX_WORKING_PIXELS
 from services.profiles import ModelProfile, get_profile
+
+E = TypeVar("E", bound=enum.Enum)
 
 
 def default_cache_dir() -> Path:
@@ -113,3 +116,12 @@ class CodecSettings(BaseSettings):
     def model_profile(self) -> ModelProfile:
         """The configured profile with any model-id overrides applied."""
         return get_profile(self.profile).with_models(self.base_model, self.controlnet_model)
+
+
+def parse_choice(choices: type[E], value: E | str, what: str) -> E:
+    """``value`` as a member of the string enum ``choices``; ``ValueError`` naming ``what`` and the choices."""
+    try:
+        return choices(value)
+    except ValueError:
+        known = ", ".join(member.value for member in choices)
+        raise ValueError(f"unknown {what} {value!r}; use one of: {known}") from None

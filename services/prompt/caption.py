@@ -35,7 +35,7 @@ from PIL import Image
 
 from services.devices import is_cuda, native_bf16_cpu, resolve_device
 from services.errors import ModelUnavailableError
-from services.settings import CodecSettings
+from services.settings import CodecSettings, parse_choice
 from services.tiny.encoders import resolve_model_id
 
 logger = logging.getLogger(__name__)
@@ -55,11 +55,7 @@ class CaptionRuntime(str, enum.Enum):
 def resolve_runtime(runtime: CaptionRuntime | str, device: str = "cpu") -> CaptionRuntime:
     """The runtime that runs: ``fp32`` on CUDA; on CPU ``auto`` -> ``int8-bf16`` where the CPU has native
     bfloat16, else ``int8``; others as given."""
-    try:
-        runtime = CaptionRuntime(runtime)
-    except ValueError:
-        known = ", ".join(r.value for r in CaptionRuntime)
-        raise ValueError(f"unknown caption runtime {runtime!r}; use one of: {known}") from None
+    runtime = parse_choice(CaptionRuntime, runtime, "caption runtime")
     if is_cuda(device):
         return CaptionRuntime.FP32
     if runtime is CaptionRuntime.AUTO:

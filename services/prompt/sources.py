@@ -24,7 +24,7 @@ from services.bitstream.vocabulary import MAX_PROMPT_TOKENS
 from services.devices import resolve_device
 from services.prompt.caption import caption_text
 from services.prompt.tokenizer import load_tokenizer, text_to_ids
-from services.settings import CodecSettings
+from services.settings import CodecSettings, parse_choice
 from services.tiny.encoders import resolve_model_id
 
 
@@ -35,11 +35,7 @@ class PromptSource(str, enum.Enum):
 
 
 def parse_source(source: PromptSource | str) -> PromptSource:
-    try:
-        return PromptSource(source)
-    except ValueError:
-        known = ", ".join(s.value for s in PromptSource)
-        raise ValueError(f"unknown prompt source {source!r}; use one of: {known}") from None
+    return parse_choice(PromptSource, source, "prompt source")
 
 
 @functools.lru_cache(maxsize=2)

@@ -39,7 +39,7 @@ from torch import nn
 
 from services.devices import native_bf16_cpu
 from services.errors import ModelUnavailableError
-from services.settings import CodecSettings
+from services.settings import CodecSettings, parse_choice
 from services.sketch.hed_weights import BLOCK_CHANNELS, BLOCK_CONVS, FETCH_HINT, read_state_dict, resolve_weights
 
 BGR_MEAN = (104.00699, 116.66877, 122.67892)
@@ -53,11 +53,7 @@ class HedPrecision(str, enum.Enum):
 
 def resolve_precision(precision: HedPrecision | str) -> HedPrecision:
     """``auto`` -> ``bf16`` where the CPU has native bfloat16, else ``fp32``; others as given."""
-    try:
-        precision = HedPrecision(precision)
-    except ValueError:
-        known = ", ".join(p.value for p in HedPrecision)
-        raise ValueError(f"unknown HED precision {precision!r}; use one of: {known}") from None
+    precision = parse_choice(HedPrecision, precision, "HED precision")
     if precision is HedPrecision.AUTO:
         return HedPrecision.BF16 if native_bf16_cpu() else HedPrecision.FP32
     return precision
