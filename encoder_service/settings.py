@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.devices import available_cpus
+from services.devices import cpu_budget
 from services.settings import CodecSettings
 
 # Default cores per running encode: HED's convolutions and the caption model scale to about 4 threads;
@@ -25,7 +25,8 @@ class EncoderSettings(BaseSettings):
         f"{CORES_PER_ENCODE} available cores (at least 1).")
     torch_threads: int | None = Field(
         None, ge=1, description="torch threads each running encode uses (set process-wide at start-up). Unset: the "
-        "available cores (affinity mask, cgroup quota) divided by max_concurrent_encodes, at least 1.")
+        "available cores (OMP_NUM_THREADS when set, as under Ray; else the affinity mask and cgroup quota) divided "
+        "by max_concurrent_encodes, at least 1.")
     max_waiting_encodes: int = Field(16, ge=0, description="Encodes waiting for a slot before 429.")
     retry_after_s: float = Field(2.0, gt=0, description="Retry-After sent with 429.")
     decoder_url: str | None = Field(None, description="Decoder service base URL for candidate selection (e.g. http://decoder:8002).")
@@ -42,8 +43,8 @@ class EncoderSettings(BaseSettings):
     codec: CodecSettings = Field(default_factory=CodecSettings, description="Codec settings (TEXTSKETCH_* env).")
 
     def encode_concurrency(self, cpus: int | None = None) -> tuple[int, int]:
-        """(encodes at once, torch threads per encode) on ``cpus`` cores (default: ``available_cpus()``)."""
-        cpus = cpus or available_cpus()
+        """(encodes at once, torch threads per encode) on ``cpus`` cores (default: ``cpu_budget()``)."""
+        cpus = cpus or cpu_budget()
         concurrent = self.max_concurrent_encodes or max(1, cpus // CORES_PER_ENCODE)
         return concurrent, self.torch_threads or max(1, cpus // concurrent)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
@@ -39,6 +40,15 @@ def available_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> int:
     except (OSError, ValueError):
         pass  # no cgroup v2 quota visible: the affinity mask is the bound
     return max(1, count)
+
+
+def cpu_budget(environ: Mapping[str, str] = os.environ) -> int:
+    """Cores this process should keep busy: ``OMP_NUM_THREADS`` when set (Ray sets it to a replica's
+    ``num_cpus``; a user may set it to share a host), else ``available_cpus()``."""
+    try:
+        return max(1, int(environ["OMP_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        return available_cpus()
 
 
 def native_bf16_cpu() -> bool:

@@ -273,6 +273,13 @@ def test_available_cpus_respects_a_cgroup_quota(tmp_path):
     assert available_cpus(quota) == unlimited
 
 
+def test_the_cpu_budget_follows_omp_num_threads_when_set():
+    from services.devices import available_cpus, cpu_budget
+
+    assert cpu_budget({"OMP_NUM_THREADS": "3"}) == 3  # e.g. a Ray replica with num_cpus 3
+    assert cpu_budget({"OMP_NUM_THREADS": "junk"}) == cpu_budget({}) == available_cpus()
+
+
 def test_the_encoder_sets_its_torch_threads_at_start(tmp_path, photo_png):
     import torch
 
